@@ -1,0 +1,184 @@
+"""Mini-batch (chunked) memory updates, DESIGN §4 and §7.
+
+Inside a chunk of C tokens starting at t0 with accumulator A0 (momentum S0), every token's gradient is
+taken at the chunk's starting point,
+
+    P_t = N(A0)              grad_at="previous"
+    P_t = N(b_t A0)          grad_at="retained",   b_t = Π_{j=t0..t} α_j,
+
+while the accumulator follows the linear recursion token by token, so reads stay causal:
+
+    Ã_t = b_t A0 + γ_t S0 − Σ_{i≤t} M_{ti} η_i G_i,        o_t = M(q_t; N(E(Ã_t))),
+
+with the decay mix M = L_α (gd) or L_α L_θ (momentum), L_x[t, i] = Π_{m=i+1..t} x_m, and
+γ_t = Σ_j L_α[t, j] Θ_j, Θ_j = Π_{m≤j} θ_m (zero without momentum). The next chunk starts from
+A = E(Ã_last), S = S_last. Hence:
+
+- retention none / l2 (N = E = identity): the *dual form*. Every weight is only used through
+  u ↦ u·W_t = b_t u·A0 + γ_t u·S0 − ((u Xᵀ) ⊙ M) (η ⊙ D), with G_i = X_i ⊗ D_i: a few masked matrix
+  products per chunk, for linear and MLP memory alike.
+- lq / kl: the same mini-batch semantics, read through N per token, so Ã_t is materialised
+  ([B, H, C, Din, Dout] per chunk).
+- elastic: the threshold E = S_γ is applied to the chunk's final accumulator (once per chunk instead
+  of once per token) and to every read.
+
+With C = 1 every rule above is the exact recurrence. Decay products are formed with cumulative
+products of masked factors (never divisions), so α or θ may be 0 without NaNs.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+from . import memories
+from .bias import bias_gradient
+from .recurrent import implicit_step, transposed_matmul, weight_matmuls
+from .retention import readout, write_map
+
+
+class ChunkDecays(NamedTuple):
+    """Per-chunk coefficients, all with a leading [B, H] and one chunk axis removed or kept."""
+
+    b: torch.Tensor  # [..., C]       Π α inside the chunk up to t
+    mix: torch.Tensor  # [..., C, C]  M
+    gamma: torch.Tensor | None  # [..., C]  weight of S0 in Ã_t (momentum only)
+    theta_mix_last: torch.Tensor | None  # [..., C]  L_θ[C−1, i]
+    theta_prod_last: torch.Tensor | None  # [...]   Θ_{C−1}
+    eta: torch.Tensor  # [..., C]   effective step size per token
+
+
+def decay_matrix(a):
+    """L[..., t, i] = Π_{m=i+1..t} a_m for t ≥ i and 0 for t < i, from a [..., C]."""
+    C = a.shape[-1]
+    strictly_lower = torch.ones(C, C, dtype=torch.bool, device=a.device).tril(-1)
+    factors = torch.where(strictly_lower, a.unsqueeze(-1), torch.ones_like(a).unsqueeze(-1))
+    return factors.cumprod(-2).tril()
+
+
+def chunk_decays(spec, k, eta, alpha, theta):
+    """`ChunkDecays` for chunks laid out as k [..., C, Dk] and rates [..., C]."""
+    if spec.optimizer == "implicit":
+        eta = eta / (1.0 + eta * k.square().sum(-1))
+    L = decay_matrix(alpha)
+    b = alpha.cumprod(-1)
+    if spec.optimizer != "momentum":
+        return ChunkDecays(b, L, None, None, None, eta)
+    L_theta = decay_matrix(theta)
+    theta_prod = theta.cumprod(-1)
+    gamma = (L @ theta_prod.unsqueeze(-1)).squeeze(-1)
+    return ChunkDecays(b, L @ L_theta, gamma, L_theta[..., -1, :], theta_prod[..., -1], eta)
+
+
+def _select(decays, n):
+    return ChunkDecays(*(None if x is None else x[:, :, n] for x in decays))
+
+
+def _gradient_point_matmuls(spec, A0, b):
+    """Matmuls at P_t = b_t A0 (retained) or A0 (previous), for identity read-outs."""
+    if spec.grad_at == "previous":
+        return weight_matmuls(A0), transposed_matmul(A0)
+    scale = b.unsqueeze(-1)
+    forward_matmuls = tuple((lambda u, W=W: scale * (u @ W)) for W in A0)
+    return forward_matmuls, (lambda u: scale * (u @ A0[-1].transpose(-1, -2)))
+
+
+def _gradient_point_weights(spec, A0, b):
+    """Explicit P_t: shared [B, H, Din, Dout] (previous) or per token [B, H, C, Din, Dout] (retained)."""
+    if spec.grad_at == "previous":
+        return tuple(readout(spec, A_j) for A_j in A0)
+    return tuple(readout(spec, b[..., None, None] * A_j.unsqueeze(2)) for A_j in A0)
+
+
+def _update_factors(spec, k, v, decays, forward_matmuls, transposed):
+    """(inputs X_j, scaled output grads η ⊙ D_j) with η_i G_i = X_i ⊗ (η_i D_i), for one chunk."""
+    prediction, cache = memories.forward(spec.memory, k, forward_matmuls)
+    e = prediction - v
+    if spec.optimizer == "implicit":
+        inputs, grads = (k,), (e,)
+    else:
+        inputs, grads = memories.backward(spec.memory, cache, bias_gradient(spec, e, v), transposed)
+    return inputs, tuple(decays.eta.unsqueeze(-1) * d for d in grads)
+
+
+def _momentum_end(decays, S0, inputs, scaled_grads):
+    """S_last = Θ_{C−1} S0 − Σ_i L_θ[C−1, i] η_i G_i."""
+    return tuple(
+        decays.theta_prod_last[..., None, None] * S_j - x.transpose(-1, -2) @ (decays.theta_mix_last.unsqueeze(-1) * d)
+        for S_j, x, d in zip(S0, inputs, scaled_grads)
+    )
+
+
+def dual_chunk(spec, q, k, v, decays, A0, S0):
+    """One chunk in dual form (retention none / l2). Returns o [B, H, C, Dv], A_last, S_last."""
+    momentum = spec.optimizer == "momentum"
+    inputs, scaled_grads = _update_factors(spec, k, v, decays, *_gradient_point_matmuls(spec, A0, decays.b))
+    b = decays.b.unsqueeze(-1)
+
+    def read_matmul(j):
+        def matmul(u):
+            out = b * (u @ A0[j]) - ((u @ inputs[j].transpose(-1, -2)) * decays.mix) @ scaled_grads[j]
+            if momentum:
+                out = out + decays.gamma.unsqueeze(-1) * (u @ S0[j])
+            return out
+
+        return matmul
+
+    o = memories.forward(spec.memory, q, tuple(read_matmul(j) for j in range(len(A0))))[0]
+    mix_last = decays.mix[..., -1, :].unsqueeze(-1)
+    A = []
+    for j, (x, d) in enumerate(zip(inputs, scaled_grads)):
+        A_j = decays.b[..., -1, None, None] * A0[j] - x.transpose(-1, -2) @ (mix_last * d)
+        if momentum:
+            A_j = A_j + decays.gamma[..., -1, None, None] * S0[j]
+        A.append(A_j)
+    S = _momentum_end(decays, S0, inputs, scaled_grads) if momentum else S0
+    return o, tuple(A), S
+
+
+def materialised_chunk(spec, q, k, v, decays, A0, S0):
+    """One chunk with the running accumulators Ã_t formed explicitly (retention lq / kl / elastic)."""
+    momentum = spec.optimizer == "momentum"
+    P = _gradient_point_weights(spec, A0, decays.b)
+    inputs, scaled_grads = _update_factors(spec, k, v, decays, weight_matmuls(P), transposed_matmul(P))
+    running = []
+    for j, (x, d) in enumerate(zip(inputs, scaled_grads)):
+        updates = torch.einsum("bhti,bhix,bhiy->bhtxy", decays.mix, x, d)
+        A_t = decays.b[..., None, None] * A0[j].unsqueeze(2) - updates
+        if momentum:
+            A_t = A_t + decays.gamma[..., None, None] * S0[j].unsqueeze(2)
+        running.append(A_t)
+    W = tuple(readout(spec, write_map(spec, A_t)) for A_t in running)
+    o = memories.forward(spec.memory, q, weight_matmuls(W))[0]
+    A = tuple(write_map(spec, A_t[:, :, -1]) for A_t in running)
+    S = _momentum_end(decays, S0, inputs, scaled_grads) if momentum else S0
+    return o, A, S
+
+
+def _chunk_groups(T, C):
+    """(start, number of chunks, chunk length): the full chunks, then the partial last one."""
+    full = T // C
+    groups = [(0, full, C)] if full else []
+    if T % C:
+        groups.append((full * C, 1, T % C))
+    return groups
+
+
+def chunked_scan(q, k, v, eta, alpha, theta, spec, A, S, chunk_size, snapshot_every=None):
+    """Mini-batch scan; same layout and returns as `recurrent.exact_scan`."""
+    B, H = q.shape[:2]
+    step = dual_chunk if spec.retention in ("none", "l2") else materialised_chunk
+    outputs, snapshots = [], []
+    for start, count, length in _chunk_groups(q.shape[2], chunk_size):
+        stop = start + count * length
+
+        def chunks(x):
+            return x[:, :, start:stop].reshape(B, H, count, length, *x.shape[3:])
+
+        qs, ks, vs = chunks(q), chunks(k), chunks(v)
+        decays = chunk_decays(spec, ks, chunks(eta), chunks(alpha), None if theta is None else chunks(theta))
+        for n in range(count):
+            o, A, S = step(spec, qs[:, :, n], ks[:, :, n], vs[:, :, n], _select(decays, n), A, S)
+            outputs.append(o)
+            if snapshot_every and (start + (n + 1) * length) % snapshot_every == 0:
+                snapshots.append(tuple(readout(spec, A_j) for A_j in A))
+    return torch.cat(outputs, dim=2), A, S, snapshots

@@ -1,0 +1,78 @@
+"""Memory architectures: what the memory predicts and how its loss gradient factorises.
+
+A memory is a tuple of weight matrices. Each is only ever used through a *matmul* u ↦ u·W, so the
+same code runs a memory whose weights are explicit tensors (the exact recurrence) and one whose
+weights are implicit sums of rank-one updates (the chunked dual form).
+
+The gradient of the inner loss w.r.t. every weight matrix is a sum of outer products
+G_j = x_j ⊗ δ_j (input row ⊗ output-gradient row); `backward` returns those factors. That
+factorisation is what makes the chunked dual form possible.
+
+    linear:  M(x) = x W                                       G = x ⊗ g
+    mlp:     M(x) = x + LN(GELU(x W_in) W_out)                 G_out = a ⊗ δz,  G_in = x ⊗ δh
+"""
+
+import math
+
+import torch
+
+LAYER_NORM_EPS = 1e-5
+
+
+def row_matmul(u, W):
+    """u·W for rows u [..., Din] and W [..., Din, Dout]; W may carry one extra axis of per-row weights."""
+    if W.dim() == u.dim() + 1:
+        return (u.unsqueeze(-2) @ W).squeeze(-2)
+    return u @ W
+
+
+def outer(x, d):
+    """x ⊗ d for rows x [..., Din] and d [..., Dout] → [..., Din, Dout]."""
+    return x.unsqueeze(-1) * d.unsqueeze(-2)
+
+
+def _gelu_derivative(h):
+    cdf = 0.5 * (1.0 + torch.erf(h / math.sqrt(2.0)))
+    pdf = torch.exp(-0.5 * h.square()) / math.sqrt(2.0 * math.pi)
+    return cdf + h * pdf
+
+
+def forward(memory, x, matmuls):
+    """Prediction M(x) and the cache `backward` needs; `matmuls[j](u)` computes u·W_j."""
+    if memory == "linear":
+        (matmul,) = matmuls
+        return matmul(x), (x,)
+    matmul_in, matmul_out = matmuls
+    h = matmul_in(x)
+    a = torch.nn.functional.gelu(h)
+    z = matmul_out(a)
+    centred = z - z.mean(-1, keepdim=True)
+    inv_std = torch.rsqrt(centred.square().mean(-1, keepdim=True) + LAYER_NORM_EPS)
+    normed = centred * inv_std
+    return x + normed, (x, h, a, normed, inv_std)
+
+
+def backward(memory, cache, g, matmul_out_transposed=None):
+    """Factors (inputs, output_grads) with ∂ℓ/∂W_j = inputs[j] ⊗ output_grads[j], given g = ∂ℓ/∂M(x).
+
+    For the MLP, `matmul_out_transposed(u)` computes u·W_outᵀ at the gradient point.
+    """
+    if memory == "linear":
+        return cache, (g,)
+    x, h, a, normed, inv_std = cache
+    dz = inv_std * (g - g.mean(-1, keepdim=True) - normed * (g * normed).mean(-1, keepdim=True))
+    dh = matmul_out_transposed(dz) * _gelu_derivative(h)
+    return (x, a), (dh, dz)
+
+
+def mlp_initial_state(heads, dim, expansion=4, dtype=torch.float32, device=None, seed=0):
+    """Deterministic default MLP memory (W_in [H, D, E·D], W_out [H, E·D, D]), used when a scan gets none.
+
+    Zero weights would be a fixed point of the inner optimiser (every gradient vanishes), so the
+    default is a scaled Gaussian drawn from a fixed seed: W_in ~ N(0, 1/D), W_out ~ N(0, 1/(E·D)).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    hidden = expansion * dim
+    w_in = torch.randn(heads, dim, hidden, generator=generator, dtype=torch.float64) / math.sqrt(dim)
+    w_out = torch.randn(heads, hidden, dim, generator=generator, dtype=torch.float64) / math.sqrt(hidden)
+    return w_in.to(dtype=dtype, device=device), w_out.to(dtype=dtype, device=device)

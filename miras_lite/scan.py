@@ -1,0 +1,165 @@
+"""`memory_scan`: the functional entry point (DESIGN §5). Validates, lays tensors out head-major and
+dispatches to the exact recurrence or the chunked mini-batch form."""
+
+import numbers
+from dataclasses import dataclass
+
+import torch
+
+from .chunked import chunked_scan
+from .memories import mlp_initial_state
+from .recurrent import exact_scan
+from .retention import readout
+from .spec import MemorySpec, preset
+
+BACKENDS = ("torch", "auto", "triton")
+
+
+@dataclass
+class MemoryState:
+    """The memory after a scan.
+
+    Linear memory: A, S, W are [B, H, Dk, Dv]. MLP memory: tuples (W_in-like, W_out-like) of
+    [B, H, D, E·D] and [B, H, E·D, D]. A is the accumulator, W = N(A) the memory that is read,
+    S the momentum (zeros unless optimizer="momentum"). `snapshots` holds W after every
+    `return_states` tokens, [B, T // s, H, ...] (a tuple for MLP memory), or None.
+    """
+
+    A: object
+    S: object
+    W: object
+    snapshots: object = None
+
+
+def _fail(name, message):
+    raise ValueError(f"{name}: {message}")
+
+
+def _check_inputs(q, k, v, spec):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4:
+            _fail(name, "expected a floating-point tensor of shape [B, T, H, D]")
+    if k.shape != q.shape:
+        _fail("k", f"shape {tuple(k.shape)} must equal q's shape {tuple(q.shape)} ([B, T, H, Dk])")
+    if v.shape[:3] != q.shape[:3]:
+        _fail("v", f"shape {tuple(v.shape)} must share [B, T, H] = {tuple(q.shape[:3])} with q")
+    for name, x in (("k", k), ("v", v)):
+        if x.dtype != q.dtype or x.device != q.device:
+            _fail(name, f"dtype/device {x.dtype}/{x.device} must match q's {q.dtype}/{q.device}")
+    if q.shape[1] == 0:
+        _fail("q", "the sequence is empty (T = 0)")
+    if spec.memory == "mlp" and v.shape[-1] != q.shape[-1]:
+        _fail("v", f"memory='mlp' needs Dk == Dv, got Dk={q.shape[-1]}, Dv={v.shape[-1]}")
+
+
+def _rate(name, value, shape, like, low, high, low_open, high_open):
+    """A per-token rate as a [B, H, T] tensor, after checking it lies in its interval."""
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = torch.tensor(float(value), dtype=like.dtype, device=like.device)
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        _fail(name, f"expected a float or a floating-point tensor of shape [B, T, H] = {tuple(shape)}")
+    if value.dim() != 0 and tuple(value.shape) != tuple(shape):
+        _fail(name, f"shape {tuple(value.shape)} must be [B, T, H] = {tuple(shape)} (or a scalar)")
+    with torch.no_grad():
+        below = (value <= low) if low_open else (value < low)
+        above = (value >= high) if high_open else (value > high)
+        if not torch.isfinite(value).all() or below.any() or above.any():
+            _fail(name, f"values must lie in {interval}")
+    value = value.to(dtype=like.dtype, device=like.device)
+    return value.expand(shape).permute(0, 2, 1)
+
+
+def _weights(name, value, spec, B, H, Dk, Dv, like):
+    """A tensor (linear) or (W_in, W_out) tuple as a tuple of [B, H, Din, Dout] tensors."""
+    hidden = spec.expansion * Dk
+    shapes = [(Dk, Dv)] if spec.memory == "linear" else [(Dk, hidden), (hidden, Dk)]
+    weights = (value,) if isinstance(value, torch.Tensor) else tuple(value)
+    if len(weights) != len(shapes) or not all(isinstance(x, torch.Tensor) for x in weights):
+        expected = "a tensor" if spec.memory == "linear" else "a tuple (W_in, W_out)"
+        _fail(name, f"memory={spec.memory!r} expects {expected}, a MemoryState or None")
+    expanded = []
+    for W, (rows, cols) in zip(weights, shapes):
+        if tuple(W.shape) not in ((H, rows, cols), (B, H, rows, cols)):
+            _fail(name, f"shape {tuple(W.shape)} must be [H, {rows}, {cols}] or [B, H, {rows}, {cols}] "
+                  f"with B={B}, H={H}")
+        expanded.append(W.to(dtype=like.dtype, device=like.device).expand(B, H, rows, cols))
+    return tuple(expanded)
+
+
+def _initial_state(initial_state, spec, B, H, Dk, Dv, like):
+    """(A, S) as tuples of [B, H, Din, Dout] tensors."""
+    if isinstance(initial_state, MemoryState):
+        A = _weights("initial_state", initial_state.A, spec, B, H, Dk, Dv, like)
+        return A, _weights("initial_state", initial_state.S, spec, B, H, Dk, Dv, like)
+    if initial_state is None and spec.memory == "linear":
+        initial_state = like.new_zeros(B, H, Dk, Dv)
+    elif initial_state is None:
+        initial_state = mlp_initial_state(H, Dk, spec.expansion, dtype=like.dtype, device=like.device)
+    A = _weights("initial_state", initial_state, spec, B, H, Dk, Dv, like)
+    return A, tuple(torch.zeros_like(A_j) for A_j in A)
+
+
+def _check_options(chunk_size, backend, return_states):
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        _fail("chunk_size", f"{chunk_size!r} must be None (exact recurrence) or an integer >= 1")
+    if return_states is not None:
+        if not isinstance(return_states, int) or isinstance(return_states, bool) or return_states < 1:
+            _fail("return_states", f"{return_states!r} must be None or an integer >= 1")
+        if chunk_size is not None and return_states % chunk_size:
+            _fail("return_states", f"{return_states} must be a multiple of chunk_size={chunk_size} "
+                  "(chunked scans only form the memory at chunk ends)")
+    if backend not in BACKENDS:
+        _fail("backend", f"{backend!r} is not supported; allowed values: {', '.join(map(repr, BACKENDS))}")
+    if backend == "triton":
+        _fail("backend", "'triton' kernels are not built into this version yet; allowed values: 'torch', 'auto'")
+
+
+def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_state=None, chunk_size=None,
+                backend="torch", return_states=None):
+    """Run a test-time memory over a sequence: o_t = M_t(q_t), M_t trained on (k_t, v_t) as in DESIGN §2-4.
+
+    q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; eta (η ≥ 0), alpha (α ∈ (0, 1]), theta (θ ∈ [0, 1), momentum
+    only): floats or [B, T, H] tensors. spec: a `MemorySpec` or a preset name (default `MemorySpec()`).
+    initial_state: the accumulator A ([H, ...] or [B, H, ...]; a (W_in, W_out) tuple for MLP memory) or
+    a `MemoryState`; None starts from zeros (linear) or `mlp_initial_state` (MLP).
+    chunk_size: None for the exact recurrence, C for mini-batch updates of C tokens (see `chunked.py`).
+    return_states=s keeps W after every s tokens in `state.snapshots`.
+
+    Returns o [B, T, H, Dv] and a `MemoryState`. Differentiable w.r.t. every tensor input.
+    """
+    spec = MemorySpec() if spec is None else preset(spec) if isinstance(spec, str) else spec
+    if not isinstance(spec, MemorySpec):
+        _fail("spec", f"expected a MemorySpec or a preset name, got {type(spec).__name__}")
+    _check_inputs(q, k, v, spec)
+    _check_options(chunk_size, backend, return_states)
+    B, T, H, Dk = q.shape
+    Dv = v.shape[-1]
+    rate_shape = (B, T, H)
+    eta = _rate("eta", eta, rate_shape, q, 0.0, float("inf"), False, True)
+    alpha = _rate("alpha", alpha, rate_shape, q, 0.0, 1.0, True, False)
+    if spec.retention == "none":
+        with torch.no_grad():
+            if not (alpha == 1).all():
+                _fail("alpha", "retention='none' keeps everything, so alpha must be 1 (use retention='l2' to decay)")
+    if spec.optimizer == "momentum":
+        if theta is None:
+            _fail("theta", "optimizer='momentum' needs theta (θ ∈ [0, 1)), a float or a [B, T, H] tensor")
+        theta = _rate("theta", theta, rate_shape, q, 0.0, 1.0, False, True)
+    else:
+        theta = None
+    A, S = _initial_state(initial_state, spec, B, H, Dk, Dv, q)
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    if chunk_size is None:
+        o, A, S, snapshots = exact_scan(q, k, v, eta, alpha, theta, spec, A, S, return_states)
+    else:
+        o, A, S, snapshots = chunked_scan(q, k, v, eta, alpha, theta, spec, A, S, chunk_size, return_states)
+    return o.transpose(1, 2), _state(spec, A, S, snapshots)
+
+
+def _state(spec, A, S, snapshots):
+    W = tuple(readout(spec, A_j) for A_j in A)
+    stacked = tuple(torch.stack([snap[j] for snap in snapshots], dim=1) for j in range(len(A))) if snapshots else None
+    if spec.memory == "mlp":
+        return MemoryState(A, S, W, stacked)
+    return MemoryState(A[0], S[0], W[0], stacked and stacked[0])
