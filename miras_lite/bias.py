@@ -12,8 +12,8 @@ def _inverse_norm(squared_norm):
     return torch.rsqrt(squared_norm.clamp_min(torch.finfo(squared_norm.dtype).tiny))
 
 
-def bias_gradient(spec, e, v):
-    """g for the spec's bias (DESIGN §2 step 2).
+def bias_gradient(spec, e, v, delta=None):
+    """g for the spec's bias (DESIGN §2 step 2); `delta` overrides spec.delta per row ([..., 1]).
 
     dot:    ℓ = −⟨ŷ, v⟩                    g = −v
     l2:     ℓ = ½‖e‖²                      g = e
@@ -31,12 +31,12 @@ def bias_gradient(spec, e, v):
         return e * (e.square() + spec.eps).pow((spec.p - 2.0) / 2.0)
     if spec.bias == "robust":
         return e + spec.robust_delta * e * torch.rsqrt(e.square().sum(-1, keepdim=True) + spec.eps)
-    # huber
+    delta = spec.delta if delta is None else delta
     if spec.huber_mode == "coord":
-        return e.clamp(-spec.delta, spec.delta)
+        return torch.clamp(e, -delta, delta)
     squared_norm = e.square().sum(-1, keepdim=True)
     if spec.huber_mode == "norm":
-        outer = spec.delta * e * _inverse_norm(squared_norm)
+        outer = delta * e * _inverse_norm(squared_norm)
     else:
-        outer = spec.delta * e * torch.rsqrt(e.square() + spec.eps)
-    return torch.where(squared_norm <= spec.delta**2, e, outer)
+        outer = delta * e * torch.rsqrt(e.square() + spec.eps)
+    return torch.where(squared_norm <= delta**2, e, outer)

@@ -45,6 +45,7 @@ class ChunkDecays(NamedTuple):
     theta_mix_last: torch.Tensor | None  # [..., C]  L_θ[C−1, i]
     theta_prod_last: torch.Tensor | None  # [...]   Θ_{C−1}
     eta: torch.Tensor  # [..., C]   effective step size per token
+    delta: torch.Tensor | None  # [..., C, 1]  per-token Huber threshold
 
 
 def decay_matrix(a):
@@ -55,18 +56,19 @@ def decay_matrix(a):
     return factors.cumprod(-2).tril()
 
 
-def chunk_decays(spec, k, eta, alpha, theta):
+def chunk_decays(spec, k, eta, alpha, theta, delta):
     """`ChunkDecays` for chunks laid out as k [..., C, Dk] and rates [..., C]."""
+    delta = None if delta is None else delta.unsqueeze(-1)
     if spec.optimizer == "implicit":
         eta = eta / (1.0 + eta * k.square().sum(-1))
     L = decay_matrix(alpha)
     b = alpha.cumprod(-1)
     if spec.optimizer != "momentum":
-        return ChunkDecays(b, L, None, None, None, eta)
+        return ChunkDecays(b, L, None, None, None, eta, delta)
     L_theta = decay_matrix(theta)
     theta_prod = theta.cumprod(-1)
     gamma = (L @ theta_prod.unsqueeze(-1)).squeeze(-1)
-    return ChunkDecays(b, L @ L_theta, gamma, L_theta[..., -1, :], theta_prod[..., -1], eta)
+    return ChunkDecays(b, L @ L_theta, gamma, L_theta[..., -1, :], theta_prod[..., -1], eta, delta)
 
 
 def _select(decays, n):
@@ -96,7 +98,7 @@ def _update_factors(spec, k, v, decays, forward_matmuls, transposed):
     if spec.optimizer == "implicit":
         inputs, grads = (k,), (e,)
     else:
-        inputs, grads = memories.backward(spec.memory, cache, bias_gradient(spec, e, v), transposed)
+        inputs, grads = memories.backward(spec.memory, cache, bias_gradient(spec, e, v, decays.delta), transposed)
     return inputs, tuple(decays.eta.unsqueeze(-1) * d for d in grads)
 
 
@@ -163,7 +165,7 @@ def _chunk_groups(T, C):
     return groups
 
 
-def chunked_scan(q, k, v, eta, alpha, theta, spec, A, S, chunk_size, snapshot_every=None):
+def chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None):
     """Mini-batch scan; same layout and returns as `recurrent.exact_scan`."""
     B, H = q.shape[:2]
     step = dual_chunk if spec.retention in ("none", "l2") else materialised_chunk
@@ -175,7 +177,8 @@ def chunked_scan(q, k, v, eta, alpha, theta, spec, A, S, chunk_size, snapshot_ev
             return x[:, :, start:stop].reshape(B, H, count, length, *x.shape[3:])
 
         qs, ks, vs = chunks(q), chunks(k), chunks(v)
-        decays = chunk_decays(spec, ks, chunks(eta), chunks(alpha), None if theta is None else chunks(theta))
+        optional = [None if x is None else chunks(x) for x in (theta, delta)]
+        decays = chunk_decays(spec, ks, chunks(eta), chunks(alpha), *optional)
         for n in range(count):
             o, A, S = step(spec, qs[:, :, n], ks[:, :, n], vs[:, :, n], _select(decays, n), A, S)
             outputs.append(o)

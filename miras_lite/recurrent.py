@@ -28,8 +28,10 @@ def implicit_step(k, e, eta):
     return (-step[..., None, None] * memories.outer(k, e),)
 
 
-def exact_scan(q, k, v, eta, alpha, theta, spec, A, S, snapshot_every=None):
+def exact_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, snapshot_every=None):
     """Run the memory over T tokens. Returns outputs [B, H, T, Dv], final (A, S) and W snapshots.
+
+    `theta` and `delta` ([B, H, T] or None) are only read by momentum and by the Huber biases.
 
     Per token t (DESIGN §2):
         P   = N(A_{t−1})                      grad_at="previous"
@@ -49,7 +51,7 @@ def exact_scan(q, k, v, eta, alpha, theta, spec, A, S, snapshot_every=None):
         if spec.optimizer == "implicit":
             U = implicit_step(k[:, :, t], e, eta[:, :, t])
         else:
-            g = bias_gradient(spec, e, v[:, :, t])
+            g = bias_gradient(spec, e, v[:, :, t], None if delta is None else delta[:, :, t, None])
             inputs, output_grads = memories.backward(spec.memory, cache, g, transposed_matmul(P))
             G = tuple(memories.outer(x, d) for x, d in zip(inputs, output_grads))
             if spec.optimizer == "momentum":

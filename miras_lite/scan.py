@@ -116,7 +116,7 @@ def _check_options(chunk_size, backend, return_states):
 
 
 def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_state=None, chunk_size=None,
-                backend="torch", return_states=None):
+                backend="torch", return_states=None, delta=None):
     """Run a test-time memory over a sequence: o_t = M_t(q_t), M_t trained on (k_t, v_t) as in DESIGN §2-4.
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; eta (η ≥ 0), alpha (α ∈ (0, 1]), theta (θ ∈ [0, 1), momentum
@@ -125,6 +125,7 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
     a `MemoryState`; None starts from zeros (linear) or `mlp_initial_state` (MLP).
     chunk_size: None for the exact recurrence, C for mini-batch updates of C tokens (see `chunked.py`).
     return_states=s keeps W after every s tokens in `state.snapshots`.
+    delta: per-token Huber threshold δ_t (float or [B, T, H] tensor, δ > 0) replacing spec.delta; Huber bias only.
 
     Returns o [B, T, H, Dv] and a `MemoryState`. Differentiable w.r.t. every tensor input.
     """
@@ -148,12 +149,16 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
         theta = _rate("theta", theta, rate_shape, q, 0.0, 1.0, False, True)
     else:
         theta = None
+    if delta is not None:
+        if spec.bias != "huber":
+            _fail("delta", f"a per-token threshold only applies to bias='huber', not bias={spec.bias!r}")
+        delta = _rate("delta", delta, rate_shape, q, 0.0, float("inf"), True, True)
     A, S = _initial_state(initial_state, spec, B, H, Dk, Dv, q)
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     if chunk_size is None:
-        o, A, S, snapshots = exact_scan(q, k, v, eta, alpha, theta, spec, A, S, return_states)
+        o, A, S, snapshots = exact_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, return_states)
     else:
-        o, A, S, snapshots = chunked_scan(q, k, v, eta, alpha, theta, spec, A, S, chunk_size, return_states)
+        o, A, S, snapshots = chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, return_states)
     return o.transpose(1, 2), _state(spec, A, S, snapshots)
 
 
