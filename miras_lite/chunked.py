@@ -165,10 +165,14 @@ def _chunk_groups(T, C):
     return groups
 
 
-def chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None):
-    """Mini-batch scan; same layout and returns as `recurrent.exact_scan`."""
+def chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None, step=None):
+    """Scan chunk by chunk; same layout and returns as `recurrent.exact_scan`.
+
+    `step` processes one chunk; by default the mini-batch form that fits the retention.
+    """
     B, H = q.shape[:2]
-    step = dual_chunk if spec.retention in ("none", "l2") else materialised_chunk
+    if step is None:
+        step = dual_chunk if spec.retention in ("none", "l2") else materialised_chunk
     outputs, snapshots = [], []
     for start, count, length in _chunk_groups(q.shape[2], chunk_size):
         stop = start + count * length
