@@ -109,7 +109,9 @@ def _initial_state(initial_state, spec, B, H, Dk, Dv, like):
     """(A, S) as tuples of [B, H, Din, Dout] tensors."""
     if isinstance(initial_state, MemoryState):
         A = _weights("initial_state", initial_state.A, spec, B, H, Dk, Dv, like)
-        return A, _weights("initial_state", initial_state.S, spec, B, H, Dk, Dv, like)
+        if spec.optimizer == "momentum":
+            return A, _weights("initial_state", initial_state.S, spec, B, H, Dk, Dv, like)
+        return A, tuple(torch.zeros_like(A_j) for A_j in A)
     if initial_state is None and spec.memory == "linear":
         initial_state = like.new_zeros(B, H, Dk, Dv)
     elif initial_state is None:
@@ -183,12 +185,15 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
         o, A, S, snapshots = exact_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, return_states)
     else:
         o, A, S, snapshots = chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, return_states)
-    return o.transpose(1, 2), _state(spec, A, S, snapshots)
+    return o.transpose(1, 2), _state(spec, A, S, snapshots, return_states)
 
 
-def _state(spec, A, S, snapshots):
+def _state(spec, A, S, snapshots, snapshot_every):
     W = tuple(readout(spec, A_j) for A_j in A)
-    stacked = tuple(torch.stack([snap[j] for snap in snapshots], dim=1) for j in range(len(A))) if snapshots else None
+    stacked = None
+    if snapshot_every:
+        stacked = tuple(torch.stack([snap[j] for snap in snapshots], dim=1) if snapshots
+                        else W_j.new_zeros(W_j.shape[0], 0, *W_j.shape[1:]) for j, W_j in enumerate(W))
     if spec.memory == "mlp":
         return MemoryState(A, S, W, stacked)
     return MemoryState(A[0], S[0], W[0], stacked and stacked[0])

@@ -1,0 +1,26 @@
+"""Shared pytest setup for the miras_lite core tests.
+
+* makes `tests/reference.py` importable as `reference`;
+* one intra-op thread per process: the tests use tiny tensors, for which torch's thread pool costs
+  far more than it saves (a 3×4 softmax over dim -2 takes ~8 ms with 2 threads, ~2 µs with 1), and
+  `pytest -n 2` already uses both cores;
+* hypothesis profiles: "miras" (default: no deadline, derandomized so CI is reproducible) and
+  "miras-random" (random search; select with HYPOTHESIS_PROFILE=miras-random).
+"""
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+torch.set_num_threads(1)
+
+try:
+    from hypothesis import settings
+
+    settings.register_profile("miras", deadline=None, print_blob=True, derandomize=True, database=None)
+    settings.register_profile("miras-random", deadline=None, print_blob=True)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "miras"))
+except ImportError:  # pragma: no cover
+    pass
