@@ -5,8 +5,9 @@
     o, state = ml.memory_scan(q, k, v, eta=eta, alpha=alpha, spec=spec)
 """
 
+from .layers import AttentionLayer, MirasLayer
 from .memories import mlp_initial_state
 from .scan import MemoryState, memory_scan
 from .spec import PRESETS, MemorySpec, preset
 
-__all__ = ["MemorySpec", "MemoryState", "PRESETS", "memory_scan", "mlp_initial_state", "preset"]
+__all__ = ["AttentionLayer", "MirasLayer", "MemorySpec", "MemoryState", "PRESETS", "memory_scan", "mlp_initial_state", "preset"]

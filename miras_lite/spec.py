@@ -108,7 +108,9 @@ PRESETS = {
     # S_t = θ_t S_{t-1} - η_t ∇ℓ(W_{t-1}),  W_t = α_t W_{t-1} + S_t
     "titans": MemorySpec(memory="mlp", bias="l2", retention="l2", optimizer="momentum"),
     "moneta": MemorySpec(memory="mlp", bias="lp", retention="lq", p=3.0, q=4.0),
-    "yaad": MemorySpec(memory="mlp", bias="huber", huber_mode="mixture", retention="l2"),
+    # Huber with an ℓ1 tail δ·e/√(e² + ε): ε = 1e-2 smooths sign(e), whose 1/√ε slope at e = 0 makes
+    # gradients through time explode with the default ε = 1e-6.
+    "yaad": MemorySpec(memory="mlp", bias="huber", huber_mode="mixture", retention="l2", eps=1e-2),
     "memora": MemorySpec(memory="mlp", bias="l2", retention="kl"),
 }
 
