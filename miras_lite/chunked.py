@@ -16,14 +16,15 @@ A = E(Ã_last), S = S_last. Hence:
 
 - retention none / l2 (N = E = identity): the *dual form*. Every weight is only used through
   u ↦ u·W_t = b_t u·A0 + γ_t u·S0 − ((u Xᵀ) ⊙ M) (η ⊙ D), with G_i = X_i ⊗ D_i: a few masked matrix
-  products per chunk, for linear and MLP memory alike.
+  products, for linear and MLP memory alike. Only the chunk-to-chunk state hand-off is sequential;
+  the reads of all chunks are batched once their starting states are known.
 - lq / kl: the same mini-batch semantics, read through N per token, so Ã_t is materialised
   ([B, H, C, Din, Dout] per chunk).
 - elastic: the threshold E = S_γ is applied to the chunk's final accumulator (once per chunk instead
   of once per token) and to every read.
 
-With C = 1 every rule above is the exact recurrence. Decay products are formed with cumulative
-products of masked factors (never divisions), so α or θ may be 0 without NaNs.
+With C = 1 every rule above is the exact recurrence. Decay products are formed in log space
+(never divisions), so θ may be 0 without NaNs.
 """
 
 from typing import NamedTuple
@@ -41,6 +42,7 @@ class ChunkDecays(NamedTuple):
 
     b: torch.Tensor  # [..., C]       Π α inside the chunk up to t
     mix: torch.Tensor  # [..., C, C]  M
+    scores: torch.Tensor  # [..., C, C]  (Q Kᵀ) ⊙ M: how much each read sees of each key's update
     gamma: torch.Tensor | None  # [..., C]  weight of S0 in Ã_t (momentum only)
     theta_mix_last: torch.Tensor | None  # [..., C]  L_θ[C−1, i]
     theta_prod_last: torch.Tensor | None  # [...]   Θ_{C−1}
@@ -48,31 +50,46 @@ class ChunkDecays(NamedTuple):
     delta: torch.Tensor | None  # [..., C, 1]  per-token Huber threshold
 
 
+def _log_rate(a):
+    # α > 0 is guaranteed; θ may be 0, which the clamp turns into a decay of e^-87 or less (no gradient to θ there).
+    return a.clamp_min(torch.finfo(a.dtype).tiny).log()
+
+
 def decay_matrix(a):
-    """L[..., t, i] = Π_{m=i+1..t} a_m for t ≥ i and 0 for t < i, from a [..., C]."""
+    """L[..., t, i] = Π_{m=i+1..t} a_m for t ≥ i and 0 for t < i, from a [..., C].
+
+    exp(c_t − c_i) with c the cumulative sum of log a; the upper triangle is masked before the exp, so
+    it cannot overflow. Differences of cumulative sums lose ~|c|·ε relative accuracy, which only
+    matters where the product is e^{−|c|} ≈ 0 anyway.
+    """
     C = a.shape[-1]
-    strictly_lower = torch.ones(C, C, dtype=torch.bool, device=a.device).tril(-1)
-    factors = torch.where(strictly_lower, a.unsqueeze(-1), torch.ones_like(a).unsqueeze(-1))
-    return factors.cumprod(-2).tril()
+    log_cumulative = _log_rate(a).cumsum(-1)
+    lower = torch.ones(C, C, dtype=torch.bool, device=a.device).tril()
+    return torch.exp(torch.where(lower, log_cumulative.unsqueeze(-1) - log_cumulative.unsqueeze(-2), -torch.inf))
 
 
-def chunk_decays(spec, k, eta, alpha, theta, delta):
-    """`ChunkDecays` for chunks laid out as k [..., C, Dk] and rates [..., C]."""
+def chunk_decays(spec, q, k, eta, alpha, theta, delta):
+    """`ChunkDecays` for chunks laid out as q, k [..., C, Dk] and rates [..., C]."""
     delta = None if delta is None else delta.unsqueeze(-1)
     if spec.optimizer == "implicit":
         eta = eta / (1.0 + eta * k.square().sum(-1))
     L = decay_matrix(alpha)
-    b = alpha.cumprod(-1)
+    b = torch.exp(_log_rate(alpha).cumsum(-1))
     if spec.optimizer != "momentum":
-        return ChunkDecays(b, L, None, None, None, eta, delta)
+        return ChunkDecays(b, L, (q @ k.transpose(-1, -2)) * L, None, None, None, eta, delta)
     L_theta = decay_matrix(theta)
-    theta_prod = theta.cumprod(-1)
+    theta_prod = torch.exp(_log_rate(theta).cumsum(-1))
     gamma = (L @ theta_prod.unsqueeze(-1)).squeeze(-1)
-    return ChunkDecays(b, L @ L_theta, gamma, L_theta[..., -1, :], theta_prod[..., -1], eta, delta)
+    mix = L @ L_theta
+    scores = (q @ k.transpose(-1, -2)) * mix
+    return ChunkDecays(b, mix, scores, gamma, L_theta[..., -1, :], theta_prod[..., -1], eta, delta)
 
 
-def _select(decays, n):
-    return ChunkDecays(*(None if x is None else x[:, :, n] for x in decays))
+def _per_chunk(decays):
+    """The `ChunkDecays` of each chunk, split once along the chunk axis."""
+    count = decays.b.shape[2]
+    columns = [[None] * count if x is None else x.unbind(2) for x in decays]
+    return [ChunkDecays(*fields) for fields in zip(*columns)]
 
 
 def _gradient_point_matmuls(spec, A0, b):
@@ -110,22 +127,14 @@ def _momentum_end(decays, S0, inputs, scaled_grads):
     )
 
 
-def dual_chunk(spec, q, k, v, decays, A0, S0):
-    """One chunk in dual form (retention none / l2). Returns o [B, H, C, Dv], A_last, S_last."""
+def dual_update(spec, k, v, decays, A0, S0):
+    """The state hand-off of one chunk (retention none / l2): update factors and the chunk-end state.
+
+    Returns (X, η ⊙ D, A_last, S_last) with η_i G_i = X_i ⊗ η_i D_i; reads are formed later, for all
+    chunks at once, by `dual_read`.
+    """
     momentum = spec.optimizer == "momentum"
     inputs, scaled_grads = _update_factors(spec, k, v, decays, *_gradient_point_matmuls(spec, A0, decays.b))
-    b = decays.b.unsqueeze(-1)
-
-    def read_matmul(j):
-        def matmul(u):
-            out = b * (u @ A0[j]) - ((u @ inputs[j].transpose(-1, -2)) * decays.mix) @ scaled_grads[j]
-            if momentum:
-                out = out + decays.gamma.unsqueeze(-1) * (u @ S0[j])
-            return out
-
-        return matmul
-
-    o = memories.forward(spec.memory, q, tuple(read_matmul(j) for j in range(len(A0))))[0]
     mix_last = decays.mix[..., -1, :].unsqueeze(-1)
     A = []
     for j, (x, d) in enumerate(zip(inputs, scaled_grads)):
@@ -134,7 +143,28 @@ def dual_chunk(spec, q, k, v, decays, A0, S0):
             A_j = A_j + decays.gamma[..., -1, None, None] * S0[j]
         A.append(A_j)
     S = _momentum_end(decays, S0, inputs, scaled_grads) if momentum else S0
-    return o, tuple(A), S
+    return inputs, scaled_grads, tuple(A), S
+
+
+def dual_read(spec, q, decays, A0, S0, inputs, scaled_grads):
+    """Outputs of every chunk at once from the chunk-start states A0, S0 ([B, H, N, Din, Dout]).
+
+    Each weight is only used through u ↦ u·W_t = b_t u·A0 + γ_t u·S0 − ((u Xᵀ) ⊙ M) (η ⊙ D).
+    """
+    b = decays.b.unsqueeze(-1)
+
+    def read_matmul(j):
+        def matmul(u):
+            # the first weight always reads q, whose scores against k were formed with the decays
+            scores = decays.scores if j == 0 else (u @ inputs[j].transpose(-1, -2)) * decays.mix
+            out = b * (u @ A0[j]) - scores @ scaled_grads[j]
+            if spec.optimizer == "momentum":
+                out = out + decays.gamma.unsqueeze(-1) * (u @ S0[j])
+            return out
+
+        return matmul
+
+    return memories.forward(spec.memory, q, tuple(read_matmul(j) for j in range(len(A0))))[0]
 
 
 def materialised_chunk(spec, q, k, v, decays, A0, S0):
@@ -165,14 +195,20 @@ def _chunk_groups(T, C):
     return groups
 
 
-def chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None, step=None):
+def _stack(per_chunk):
+    """A list (over chunks) of tuples of tensors as a tuple of tensors with a chunk axis at dim 2."""
+    return tuple(torch.stack(parts, dim=2) for parts in zip(*per_chunk))
+
+
+def chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None, update=None):
     """Scan chunk by chunk; same layout and returns as `recurrent.exact_scan`.
 
-    `step` processes one chunk; by default the mini-batch form that fits the retention.
+    Retention none / l2: only the state hand-off `update` (default `dual_update`) runs chunk after chunk;
+    the reads of all chunks are then one batched `dual_read`. Other retentions: `materialised_chunk`.
     """
     B, H = q.shape[:2]
-    if step is None:
-        step = dual_chunk if spec.retention in ("none", "l2") else materialised_chunk
+    update = update or dual_update
+    materialised = spec.retention not in ("none", "l2")
     outputs, snapshots = [], []
     for start, count, length in _chunk_groups(q.shape[2], chunk_size):
         stop = start + count * length
@@ -182,10 +218,24 @@ def chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snap
 
         qs, ks, vs = chunks(q), chunks(k), chunks(v)
         optional = [None if x is None else chunks(x) for x in (theta, delta)]
-        decays = chunk_decays(spec, ks, chunks(eta), chunks(alpha), *optional)
-        for n in range(count):
-            o, A, S = step(spec, qs[:, :, n], ks[:, :, n], vs[:, :, n], _select(decays, n), A, S)
-            outputs.append(o)
+        decays = chunk_decays(spec, qs, ks, chunks(eta), chunks(alpha), *optional)
+        starts, factors, reads = [], [], []
+        # Split once: indexing x[:, :, n] per chunk would make every backward step write a full-size gradient.
+        for n, (q_n, k_n, v_n, decays_n) in enumerate(zip(qs.unbind(2), ks.unbind(2), vs.unbind(2), _per_chunk(decays))):
+            if materialised:
+                o, A, S = materialised_chunk(spec, q_n, k_n, v_n, decays_n, A, S)
+                reads.append(o)
+            else:
+                starts.append((*A, *S))
+                inputs, scaled_grads, A, S = update(spec, k_n, v_n, decays_n, A, S)
+                factors.append(inputs + scaled_grads)
             if snapshot_every and (start + (n + 1) * length) % snapshot_every == 0:
                 snapshots.append(tuple(readout(spec, A_j) for A_j in A))
+        if materialised:
+            outputs.append(torch.cat(reads, dim=2))
+            continue
+        weights = len(A)
+        starts, factors = _stack(starts), _stack(factors)
+        o = dual_read(spec, qs, decays, starts[:weights], starts[weights:], factors[:weights], factors[weights:])
+        outputs.append(o.flatten(2, 3))
     return torch.cat(outputs, dim=2), A, S, snapshots

@@ -16,8 +16,11 @@ import torch
 import torch.nn.functional as F
 
 
-def delta_rule_chunk(spec, q, k, v, decays, A0, S0):
-    """One chunk of the exact delta rule. Same signature as `chunked.dual_chunk`."""
+def delta_rule_update(spec, k, v, decays, A0, S0):
+    """The state hand-off of one chunk of the exact delta rule; same contract as `chunked.dual_update`.
+
+    The update factors are (k, −u): the reads o = diag(b) Q W0 + ((Q Kᵀ) ⊙ L) U come from `chunked.dual_read`.
+    """
     (W0,) = A0
     L = decays.mix
     if spec.grad_at == "retained":
@@ -29,6 +32,5 @@ def delta_rule_chunk(spec, q, k, v, decays, A0, S0):
     system = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device) + eta * (k @ k.transpose(-1, -2)) * pair_decay
     rhs = eta * (v - start_decay.unsqueeze(-1) * (k @ W0))
     u = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
-    o = decays.b.unsqueeze(-1) * (q @ W0) + ((q @ k.transpose(-1, -2)) * L) @ u
     W = decays.b[..., -1, None, None] * W0 + k.transpose(-1, -2) @ (L[..., -1, :].unsqueeze(-1) * u)
-    return o, (W,), S0
+    return (k,), (-u,), (W,), S0

@@ -42,26 +42,28 @@ def exact_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, snapshot_every=Non
     """
     W = tuple(readout(spec, A_j) for A_j in A)
     outputs, snapshots = [], []
-    for t in range(q.shape[2]):
-        decay = alpha[:, :, t, None, None]
-        rate = eta[:, :, t, None, None]
+    # Split once: indexing x[:, :, t] per token would make every backward step write a full-size gradient.
+    per_token = [x.unbind(2) if x is not None else [None] * q.shape[2] for x in (q, k, v, eta, alpha, theta, delta)]
+    for t, (q_t, k_t, v_t, eta_t, alpha_t, theta_t, delta_t) in enumerate(zip(*per_token)):
+        decay = alpha_t[..., None, None]
+        rate = eta_t[..., None, None]
         P = W if spec.grad_at == "previous" else tuple(readout(spec, decay * A_j) for A_j in A)
-        prediction, cache = memories.forward(spec.memory, k[:, :, t], weight_matmuls(P))
-        e = prediction - v[:, :, t]
+        prediction, cache = memories.forward(spec.memory, k_t, weight_matmuls(P))
+        e = prediction - v_t
         if spec.optimizer == "implicit":
-            U = implicit_step(k[:, :, t], e, eta[:, :, t])
+            U = implicit_step(k_t, e, eta_t)
         else:
-            g = bias_gradient(spec, e, v[:, :, t], None if delta is None else delta[:, :, t, None])
+            g = bias_gradient(spec, e, v_t, None if delta_t is None else delta_t[..., None])
             inputs, output_grads = memories.backward(spec.memory, cache, g, transposed_matmul(P))
             G = tuple(memories.outer(x, d) for x, d in zip(inputs, output_grads))
             if spec.optimizer == "momentum":
-                S = tuple(theta[:, :, t, None, None] * S_j - rate * G_j for S_j, G_j in zip(S, G))
+                S = tuple(theta_t[..., None, None] * S_j - rate * G_j for S_j, G_j in zip(S, G))
                 U = S
             else:
                 U = tuple(-rate * G_j for G_j in G)
         A = tuple(write_map(spec, decay * A_j + U_j) for A_j, U_j in zip(A, U))
         W = tuple(readout(spec, A_j) for A_j in A)
-        outputs.append(memories.forward(spec.memory, q[:, :, t], weight_matmuls(W))[0])
+        outputs.append(memories.forward(spec.memory, q_t, weight_matmuls(W))[0])
         if snapshot_every and (t + 1) % snapshot_every == 0:
             snapshots.append(W)
     return torch.stack(outputs, dim=2), A, S, snapshots

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .chunked import chunked_scan, dual_chunk, materialised_chunk
-from .delta_rule import delta_rule_chunk
+from .chunked import chunked_scan, dual_update
+from .delta_rule import delta_rule_update
 from .memories import mlp_initial_state
 from .recurrent import exact_scan
 from .retention import readout
@@ -17,8 +17,8 @@ BACKENDS = ("torch", "auto", "triton")
 EXACT_PARALLEL_CHUNK = 64
 
 
-def exact_parallel_step(spec):
-    """A chunk step that computes the *exact* recurrence, where one exists, else None.
+def exact_parallel_update(spec):
+    """A chunk update that computes the *exact* recurrence chunk-parallel, where one exists, else None.
 
     dot bias on a linear memory: g = −v does not depend on the memory, so mini-batch updates are exact
     (except for elastic, whose threshold acts per token). l2 bias with gd / implicit and retention
@@ -27,9 +27,9 @@ def exact_parallel_step(spec):
     if spec.memory != "linear" or spec.retention == "elastic":
         return None
     if spec.bias == "dot":
-        return dual_chunk if spec.retention in ("none", "l2") else materialised_chunk
+        return dual_update  # with lq / kl, chunked_scan materialises the reads: exact as well
     if spec.bias == "l2" and spec.optimizer in ("gd", "implicit") and spec.retention in ("none", "l2"):
-        return delta_rule_chunk
+        return delta_rule_update
     return None
 
 
@@ -144,7 +144,7 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
     initial_state: the accumulator A ([H, ...] or [B, H, ...]; a (W_in, W_out) tuple for MLP memory) or
     a `MemoryState`; None starts from zeros (linear) or `mlp_initial_state` (MLP).
     chunk_size: None for the exact recurrence, C for mini-batch updates of C tokens (see `chunked.py`).
-    The exact recurrence runs chunk-parallel where an exact parallel form exists (`exact_parallel_step`),
+    The exact recurrence runs chunk-parallel where an exact parallel form exists (`exact_parallel_update`),
     else token by token.
     return_states=s keeps W after every s tokens in `state.snapshots`.
     delta: per-token Huber threshold δ_t (float or [B, T, H] tensor, δ > 0) replacing spec.delta; Huber bias only.
@@ -177,10 +177,10 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
         delta = _rate("delta", delta, rate_shape, q, 0.0, float("inf"), True, True)
     A, S = _initial_state(initial_state, spec, B, H, Dk, Dv, q)
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    parallel_step = exact_parallel_step(spec)
-    if chunk_size is None and parallel_step and (return_states or EXACT_PARALLEL_CHUNK) % EXACT_PARALLEL_CHUNK == 0:
+    parallel_update = exact_parallel_update(spec)
+    if chunk_size is None and parallel_update and (return_states or EXACT_PARALLEL_CHUNK) % EXACT_PARALLEL_CHUNK == 0:
         o, A, S, snapshots = chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, EXACT_PARALLEL_CHUNK,
-                                          return_states, step=parallel_step)
+                                          return_states, update=parallel_update)
     elif chunk_size is None:
         o, A, S, snapshots = exact_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, return_states)
     else:

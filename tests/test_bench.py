@@ -1,0 +1,36 @@
+"""`python -m miras_lite.bench scan --quick` prints one table with a row per (bias, T)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_scan_quick_table():
+    result = subprocess.run(
+        [sys.executable, "-m", "miras_lite.bench", "scan", "--quick", "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
+    header, rule, *rows = lines
+    assert header.split() == ["bias", "T", "loop_s", "exact_s", "chunked_s", "speedup"]
+    assert set(rule) == {"-"}
+    assert len(rows) == 6, result.stdout
+    seen = set()
+    for row in rows:
+        bias, T, loop_s, exact_s, chunked_s, speedup = row.split()
+        seen.add((bias, int(T)))
+        assert float(loop_s) > 0 and float(chunked_s) > 0
+        # only l2 has an exact chunk-parallel form (the delta rule); the other biases run the loop
+        assert (exact_s != "-") == (bias == "l2") and (exact_s == "-" or float(exact_s) > 0)
+        assert speedup.endswith("x") and float(speedup[:-1]) > 0
+    assert seen == {(b, T) for b in ("l2", "lp", "huber[coord]") for T in (64, 256)}
+
+
+def test_bench_requires_a_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "miras_lite.bench"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "command" in result.stderr
