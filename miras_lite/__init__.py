@@ -7,7 +7,7 @@
 
 from .layers import AttentionLayer, MirasLayer
 from .memories import mlp_initial_state
-from .scan import MemoryState, memory_scan
+from .scan import MemoryState, memory_scan, read_memory
 from .spec import PRESETS, MemorySpec, preset
 
-__all__ = ["AttentionLayer", "MirasLayer", "MemorySpec", "MemoryState", "PRESETS", "memory_scan", "mlp_initial_state", "preset"]
+__all__ = ["AttentionLayer", "MirasLayer", "MemorySpec", "MemoryState", "PRESETS", "memory_scan", "mlp_initial_state", "preset", "read_memory"]

@@ -9,7 +9,8 @@ import torch
 from .chunked import chunked_scan, dual_update
 from .delta_rule import delta_rule_update
 from .memories import mlp_initial_state
-from .recurrent import exact_scan
+from . import memories
+from .recurrent import exact_scan, weight_matmuls
 from .retention import readout
 from .spec import MemorySpec, preset
 
@@ -47,6 +48,13 @@ class MemoryState:
     S: object
     W: object
     snapshots: object = None
+
+
+def read_memory(spec, W, x):
+    """Query an explicit memory: M(x; W) for W = state.W of `memory_scan` and x [B, N, H, Dk] -> [B, N, H, Dv]."""
+    spec = preset(spec) if isinstance(spec, str) else spec
+    weights = (W,) if isinstance(W, torch.Tensor) else tuple(W)
+    return memories.forward(spec.memory, x.transpose(1, 2), weight_matmuls(weights))[0].transpose(1, 2)
 
 
 def _fail(name, message):

@@ -235,17 +235,6 @@ def _():
     return
 
 
-@app.function
-def read_memory(spec, W, x):
-    """Read the memory `W` (state.W of memory_scan) at queries x [B, N, H, D] -> [B, N, H, Dv]."""
-    if spec.memory == "linear":
-        return torch.einsum("bnhk,bhkv->bnhv", x, W)
-    W_in, W_out = W
-    h = F.gelu(torch.einsum("bnhk,bhke->bnhe", x, W_in))
-    y = torch.einsum("bnhe,bhed->bnhd", h, W_out)
-    return x + F.layer_norm(y, y.shape[-1:], eps=1e-5)
-
-
 @app.cell
 def _(alpha, dk, eta, n_pairs, spec, theta):
     mo.stop(spec is None)
@@ -262,7 +251,7 @@ def _(alpha, dk, eta, n_pairs, spec, theta):
         _, state = ml.memory_scan(
             keys, keys, values, eta=eta.value, alpha=alpha_used, theta=_theta, spec=spec, chunk_size=None
         )
-        recalled = read_memory(spec, state.W, keys)
+        recalled = ml.read_memory(spec, state.W, keys)
     scan_ms = 1000 * (time.perf_counter() - _t0)
     with torch.no_grad():
         # The memory before any write: one token with η = 0 (and θ = 0) leaves the state as it was
@@ -271,7 +260,7 @@ def _(alpha, dk, eta, n_pairs, spec, theta):
             keys[:, :1], keys[:, :1], values[:, :1], eta=0.0, alpha=1.0,
             theta=0.0 if _theta is not None else None, spec=spec,
         )
-        _before = read_memory(spec, _state0.W, keys)
+        _before = ml.read_memory(spec, _state0.W, keys)
     _v2 = (values**2).sum(-1)
     _err = ((recalled - values) ** 2).sum(-1) / _v2
     before_error = (((_before - values) ** 2).sum(-1) / _v2).mean().item()

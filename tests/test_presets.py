@@ -228,3 +228,13 @@ def test_titans_momentum_closed_form():
     assert_close(o[0, :, 0], torch.stack(outs), rtol=1e-9, atol=1e-12)
     assert_close((st.W[0][0, 0], st.W[1][0, 0]), params, rtol=1e-9, atol=1e-12)
     assert_close((st.S[0][0, 0], st.S[1][0, 0]), S, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "titans"])
+def test_read_memory_answers_like_the_scan(name):
+    """Reading the final memory at q_T gives the scan's last output (read after write)."""
+    torch.manual_seed(0)
+    spec = ml.preset(name)
+    q, k, v = (torch.randn(2, 6, 3, 4, dtype=torch.float64) for _ in range(3))
+    o, state = ml.memory_scan(q, k, v, eta=0.1, alpha=0.9 if spec.retention != "none" else 1.0, theta=0.5, spec=spec)
+    torch.testing.assert_close(ml.read_memory(spec, state.W, q[:, -1:]), o[:, -1:])
