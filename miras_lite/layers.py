@@ -40,6 +40,18 @@ def _check_int(name, value, minimum=1):
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
 
 
+def _head_dim(d_model, num_heads, head_dim):
+    """The per-head width: `head_dim`, or d_model // num_heads when that divides evenly."""
+    _check_int("d_model", d_model)
+    _check_int("num_heads", num_heads)
+    if head_dim is None:
+        if d_model % num_heads != 0:
+            raise ValueError(f"num_heads={num_heads} must divide d_model={d_model} when head_dim is not given")
+        head_dim = d_model // num_heads
+    _check_int("head_dim", head_dim)
+    return head_dim
+
+
 def _resolve_spec(spec) -> MemorySpec:
     if isinstance(spec, MemorySpec):
         return spec
@@ -232,15 +244,7 @@ class MirasLayer(nn.Module):
         delta_gate: bool | None = None,
     ):
         super().__init__()
-        _check_int("d_model", d_model)
-        _check_int("num_heads", num_heads)
-        if head_dim is None:
-            if d_model % num_heads != 0:
-                raise ValueError(
-                    f"num_heads={num_heads} must divide d_model={d_model} when head_dim is not given"
-                )
-            head_dim = d_model // num_heads
-        _check_int("head_dim", head_dim)
+        head_dim = _head_dim(d_model, num_heads, head_dim)
         _check_int("conv_size", conv_size, minimum=0)
         if chunk_size is not None:
             _check_int("chunk_size", chunk_size)
@@ -425,15 +429,7 @@ class AttentionLayer(nn.Module):
     def __init__(self, d_model: int, num_heads: int, window: int | None = None,
                  head_dim: int | None = None, rope_base: float = 10000.0):
         super().__init__()
-        _check_int("d_model", d_model)
-        _check_int("num_heads", num_heads)
-        if head_dim is None:
-            if d_model % num_heads != 0:
-                raise ValueError(
-                    f"num_heads={num_heads} must divide d_model={d_model} when head_dim is not given"
-                )
-            head_dim = d_model // num_heads
-        _check_int("head_dim", head_dim)
+        head_dim = _head_dim(d_model, num_heads, head_dim)
         if head_dim % 2 != 0:
             raise ValueError(f"head_dim={head_dim} must be even for rotary embeddings")
         if window is not None:
