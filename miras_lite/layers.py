@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .scan import BACKENDS, MemoryState, memory_scan, mlp_initial_state
+from .scan import BACKENDS, MemoryState, exact_parallel_update, memory_scan, mlp_initial_state
 from .spec import MemorySpec, preset
 
 __all__ = ["MirasLayer", "MirasLayerState", "AttentionLayer", "CausalDepthwiseConv1d", "apply_rotary",
@@ -29,6 +29,7 @@ _ALPHA_FLOOR = 1e-6  # α = floor + (1 - floor)·sigmoid(z) never underflows to 
 _THETA_CEIL = 1.0 - 1e-5  # θ = ceil·sigmoid(z) never rounds up to 1
 _DELTA_FLOOR = 1e-4  # δ = floor + softplus(z) stays > 0
 ALPHA_MODES = ("auto", "data", "constant")
+DEFAULT_CHUNK_SIZE = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -160,7 +161,10 @@ class MirasLayer(nn.Module):
                     divide evenly). Keys and values have the same width (MLP memory needs Dk == Dv).
         conv_size:  kernel of the short depthwise causal convolution on q, k, v (0 disables it).
         chunk_size: mini-batch size of the inner optimiser (DESIGN.md §4); ``None`` runs the exact
-                    token recurrence (DESIGN.md §2-3). It also sets the default ``eta_max``.
+                    recurrence (DESIGN.md §2-3); ``"auto"`` (default) is ``None`` where the exact
+                    recurrence has a chunk-parallel form (delta rule, dot-bias linear memories: as
+                    fast as mini-batches, without their η limit) and 64 otherwise. It also sets the
+                    default ``eta_max``.
         backend:    ``"auto"`` | ``"torch"`` | ``"triton"``, passed to `memory_scan`.
         alpha_mode: how the retention rate α is produced: ``"data"`` (α_t = sigmoid(Linear(x)),
                     Mamba2 / Gated DeltaNet style), ``"constant"`` (one learned α per head, RetNet
@@ -233,7 +237,7 @@ class MirasLayer(nn.Module):
         spec: MemorySpec | str = MemorySpec(),
         head_dim: int | None = None,
         conv_size: int = 4,
-        chunk_size: int | None = 64,
+        chunk_size: int | str | None = "auto",
         backend: str = "auto",
         alpha_mode: str = "auto",
         norm_eps: float = 1e-5,
@@ -246,8 +250,6 @@ class MirasLayer(nn.Module):
         super().__init__()
         head_dim = _head_dim(d_model, num_heads, head_dim)
         _check_int("conv_size", conv_size, minimum=0)
-        if chunk_size is not None:
-            _check_int("chunk_size", chunk_size)
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not supported; allowed values: {BACKENDS}")
         if alpha_mode not in ALPHA_MODES:
@@ -256,6 +258,10 @@ class MirasLayer(nn.Module):
             raise ValueError(f"norm_eps={norm_eps!r} must be a number > 0")
         preset_name = spec if isinstance(spec, str) else None
         spec = _resolve_spec(spec)
+        if chunk_size == "auto":
+            chunk_size = None if exact_parallel_update(spec) else DEFAULT_CHUNK_SIZE
+        if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+            raise ValueError(f"chunk_size={chunk_size!r} must be 'auto', None or an integer >= 1")
         if alpha_mode == "auto":
             alpha_mode = "constant" if preset_name == "retnet" else "data"
         if eta_max is None:
