@@ -1,0 +1,118 @@
+"""`MirasLM`: a small language model whose token mixer is a test-time memory, attention, or both.
+
+    h_0 = E[x]                  (token embedding, E ∈ R^{V×d})
+    h_l = Block_l(h_{l-1})       (RMSNorm → mixer → residual → RMSNorm → SwiGLU → residual)
+    logits = RMSNorm(h_L) Eᵀ     (tied head; an untied Linear with tie_weights=False)
+
+Mixers: ``"miras"`` (every layer a `MirasLayer` with ``spec``), ``"attention"`` (full causal softmax
+attention), ``"sliding"`` (causal attention over the last ``window`` tokens) and ``"hybrid"`` (layers
+alternate: `MirasLayer` at even indices 0, 2, ..., sliding-window attention at odd ones).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..layers import AttentionLayer, MirasLayer
+from .blocks import Block, check_int, check_tokens, default_ffn_hidden, init_ffn_, lm_output, resolve_spec, spec_config
+
+MIXERS = ("miras", "attention", "sliding", "hybrid")
+
+
+class MirasLM(nn.Module):
+    """Causal language model: embedding, ``n_layers`` pre-norm blocks, final RMSNorm, (tied) head.
+
+    Args:
+        vocab_size:  V.
+        d_model:     width d.
+        n_layers:    number of blocks.
+        num_heads:   heads of every mixer (memory heads or attention heads).
+        mixer:       ``"miras"`` | ``"attention"`` | ``"sliding"`` | ``"hybrid"`` (module docstring).
+        spec:        the memory of the `MirasLayer` mixers: a `MemorySpec`, a preset name or a dict of
+                     MemorySpec fields (how ``.config`` stores it).
+        chunk_size:  `MirasLayer` chunk size (None: exact recurrence).
+        window:      attention window of ``"sliding"`` and of the attention layers of ``"hybrid"``
+                     (unused by ``"attention"``, which is full causal attention).
+        tie_weights: share the embedding matrix with the output head.
+        ffn_hidden:  SwiGLU width (default 8/3·d rounded up to a multiple of 8).
+        miras_kwargs: extra keyword arguments of every `MirasLayer` (``conv_size``, ``eta_max``, ...).
+
+    ``forward(input_ids [B, T], labels=None)`` returns a dict: without labels ``{"loss": None,
+    "logits": [B, T, V]}``; with labels ``[B, T]`` (aligned with the inputs — the logit at position t is
+    scored against ``labels[:, t]``, no shift; -100 marks positions without a label) the head runs only
+    on the labelled positions (DESIGN §7): ``logits`` ``[N, V]`` in row-major order of ``labels != -100``,
+    ``loss`` the mean cross-entropy there, ``label_mask`` ``[B, T]`` and ``predictions`` ``[B, T]``
+    (argmax at labelled positions, -100 elsewhere).
+
+    ``.config`` is a JSON-serialisable dict of the constructor arguments (spec as
+    ``dataclasses.asdict``), so ``MirasLM(**model.config)`` rebuilds the same architecture. A spec
+    given by preset name is stored as its fields plus the `MirasLayer` ``alpha_mode`` that name implied
+    (``"retnet"`` → ``"constant"``), so the rebuilt model has the same parameters.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, num_heads: int = 2,
+                 mixer: str = "miras", spec="gated_deltanet", chunk_size: int | None = 64, window: int = 64,
+                 tie_weights: bool = True, ffn_hidden: int | None = None, miras_kwargs: dict | None = None):
+        super().__init__()
+        check_int("vocab_size", vocab_size)
+        check_int("d_model", d_model)
+        check_int("n_layers", n_layers)
+        check_int("num_heads", num_heads)
+        check_int("window", window)
+        if mixer not in MIXERS:
+            raise ValueError(f"mixer={mixer!r} is not supported; allowed values: {', '.join(map(repr, MIXERS))}")
+        if not isinstance(tie_weights, bool):
+            raise ValueError(f"tie_weights={tie_weights!r} must be True or False")
+        ffn_hidden = default_ffn_hidden(d_model) if ffn_hidden is None else ffn_hidden
+        check_int("ffn_hidden", ffn_hidden)
+        if miras_kwargs is not None and not isinstance(miras_kwargs, dict):
+            raise ValueError(f"miras_kwargs={miras_kwargs!r} must be None or a dict of MirasLayer arguments")
+        miras_kwargs = dict(miras_kwargs or {})
+        if isinstance(spec, str) and mixer in ("miras", "hybrid"):
+            # the preset name decides MirasLayer's α parameterisation ("retnet": one constant α per head)
+            miras_kwargs.setdefault("alpha_mode", "constant" if spec == "retnet" else "data")
+        spec = resolve_spec("spec", spec)
+
+        self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
+        self.mixer, self.spec = mixer, spec
+        self.embed = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.blocks = nn.ModuleList(
+            Block(d_model, self._mixer(i, d_model, num_heads, spec, chunk_size, window, miras_kwargs), ffn_hidden)
+            for i in range(n_layers))
+        for block in self.blocks:
+            init_ffn_(block, n_layers=n_layers)
+        self.norm = nn.RMSNorm(d_model, eps=1e-5)
+        self.lm_head = None
+        if not tie_weights:
+            self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+            nn.init.normal_(self.lm_head.weight, std=0.02)
+        self.config = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, num_heads=num_heads,
+                           mixer=mixer, spec=spec_config(spec), chunk_size=chunk_size, window=window,
+                           tie_weights=tie_weights, ffn_hidden=ffn_hidden, miras_kwargs=miras_kwargs)
+
+    def _mixer(self, i, d_model, num_heads, spec, chunk_size, window, miras_kwargs):
+        if self.mixer == "miras" or (self.mixer == "hybrid" and i % 2 == 0):
+            return MirasLayer(d_model, num_heads, spec, chunk_size=chunk_size, **miras_kwargs)
+        if self.mixer == "attention":
+            return AttentionLayer(d_model, num_heads)
+        return AttentionLayer(d_model, num_heads, window=window)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits ``h Eᵀ`` (tied) or ``lm_head(h)``."""
+        if self.lm_head is not None:
+            return self.lm_head(h)
+        return h @ self.embed.weight.t()
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        check_tokens("input_ids", input_ids, self.vocab_size)
+        if labels is not None:
+            check_tokens("labels", labels, self.vocab_size, allow_ignore=True)
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels has shape {tuple(labels.shape)}; it must equal input_ids' shape "
+                                 f"{tuple(input_ids.shape)} (one label per position, -100 where there is none)")
+        h = self.embed(input_ids)
+        for block in self.blocks:
+            h = block(h)
+        return lm_output(self.norm(h), self.head, labels)
