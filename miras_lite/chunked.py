@@ -33,6 +33,7 @@ import torch
 
 from . import memories
 from .bias import bias_gradient
+from .fused_dual import FusedDualScan, fused_applies
 from .recurrent import implicit_step, transposed_matmul, weight_matmuls
 from .retention import readout, write_map
 
@@ -200,14 +201,46 @@ def _stack(per_chunk):
     return tuple(torch.stack(parts, dim=2) for parts in zip(*per_chunk))
 
 
-def chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None, update=None):
+def fused_chunked_scan(q, k, v, eta, alpha, delta, spec, A, S, chunk_size):
+    """`chunked_scan` through `fused_dual.FusedDualScan`, one call per group of equal-length chunks.
+
+    Autograd forms what the Function takes: the effective η (implicit: η/(1 + η‖k‖²)) and the
+    cumulative log-decay ℓ_t = Σ_{j≤t} log α_j inside each chunk.
+    """
+    B, H = q.shape[:2]
+    (A,) = A
+    outputs = []
+    for start, count, length in _chunk_groups(q.shape[2], chunk_size):
+        stop = start + count * length
+        q_g, k_g, v_g, eta_g, alpha_g = (x[:, :, start:stop] for x in (q, k, v, eta, alpha))
+        if spec.optimizer == "implicit":
+            eta_g = eta_g / (1.0 + eta_g * k_g.square().sum(-1))
+        log_cumulative = _log_rate(alpha_g).reshape(B, H, count, length).cumsum(-1).reshape(B, H, -1)
+        delta_g = None if delta is None else delta[:, :, start:stop]
+        o, A = FusedDualScan.apply(q_g, k_g, v_g, eta_g, log_cumulative, delta_g, A, spec, length)
+        outputs.append(o.transpose(1, 2))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2), (A,), S, []
+
+
+def _any_requires_grad(*tensors):
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+
+
+def chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None, update=None,
+                 fused=True):
     """Scan chunk by chunk; same layout and returns as `recurrent.exact_scan`.
 
     Retention none / l2: only the state hand-off `update` (default `dual_update`) runs chunk after chunk;
     the reads of all chunks are then one batched `dual_read`. Other retentions: `materialised_chunk`.
+    When gradients are needed, linear memories with gd / implicit steps and the dual update go through
+    `fused_chunked_scan` instead (same values, hand-written backward); `fused=False` (tests) keeps the
+    generic path, the reference for the fused one.
     """
     B, H = q.shape[:2]
     update = update or dual_update
+    if (fused and update is dual_update and fused_applies(spec, snapshot_every)
+            and _any_requires_grad(q, k, v, eta, alpha, delta, *A)):
+        return fused_chunked_scan(q, k, v, eta, alpha, delta, spec, A, S, chunk_size)
     materialised = spec.retention not in ("none", "l2")
     outputs, snapshots = [], []
     for start, count, length in _chunk_groups(q.shape[2], chunk_size):

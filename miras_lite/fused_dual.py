@@ -1,0 +1,280 @@
+"""The dual chunked scan as one autograd Function (linear memory; retention none / l2; gd / implicit).
+
+It computes what `chunked.chunked_scan` computes with `dual_update` + `dual_read` (DESIGN §4, §7) and
+writes the backward by hand, so autograd records neither the per-chunk ops nor the broadcast-gradient
+reductions. Per chunk of C tokens and head, from the chunk-start accumulator A0 (Dk×Dv), with ℓ the
+cumulative log-decay inside the chunk (ℓ_t = Σ_{j≤t} log α_j):
+
+    b_t = e^{ℓ_t},   L_ti = e^{ℓ_t − ℓ_i} (i ≤ t, else 0),   w_i = L_{C−1,i},   β = b_{C−1},
+    K̃ = c ⊙ K,  c = b (grad_at="retained") or 1 ("previous"),
+    e = K̃ A0 − V,   g = φ(e) (the bias gradient),   D = η ⊙ g,
+    A_next = β A0 − Kᵀ (w ⊙ D)                                (the only sequential step)
+    O = b ⊙ (Q A0) − S D,   S = (Q Kᵀ) ⊙ L.
+
+Backward: R = Qᵀ (b ⊙ dO) and F = Sᵀ dO are batched over all chunks; the reverse recursion of the
+gradient of the chunk-start state (`_state_grads`) is the only loop:
+
+    X = K dA_next,   −dD = F + w ⊙ X,   −de = J_φᵀ (η ⊙ (−dD)),   dA0 = β dA_next + R − K̃ᵀ (−de);
+
+dQ, dK and dℓ are then batched (`_query_key_grads`), dV = −de (dot: −η ⊙ dD), dη = Σ_j dD ⊙ g.
+Implicit steps enter only through η (Longhorn's η/(1 + η‖k‖²)) and the decays only through ℓ: both are
+formed outside by autograd. Tensors are chunk-major inside, [N, B·H, C, D], so a chunk is one
+contiguous block; the Function reads and writes the token-major layout of memory_scan ([B, T, H, D]).
+The backward is not itself differentiable (`once_differentiable`): double backward raises.
+"""
+
+from typing import NamedTuple
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .bias import _inverse_norm, bias_gradient
+
+
+def fused_applies(spec, snapshot_every):
+    """True where `FusedDualScan` applies: linear memory, retention none / l2, gd / implicit, no snapshots
+    (momentum, MLP memories, lq / kl / elastic and `return_states` keep the generic path)."""
+    return (spec.memory == "linear" and spec.retention in ("none", "l2")
+            and spec.optimizer in ("gd", "implicit") and not snapshot_every)
+
+
+# ---------------------------------------------------------------------------------- layouts
+
+
+def _chunk_major(x, count, length):
+    """[B, H, N·C, *rest] → [N, B·H, C, *rest], contiguous (each chunk one contiguous block)."""
+    B, H, _, *rest = x.shape
+    return x.reshape(B, H, count, length, *rest).movedim(2, 0).contiguous().view(count, B * H, length, *rest)
+
+
+def _rates_back(x, B, H):
+    """[N, B·H, C] → [B, H, N·C]."""
+    count, _, length = x.shape
+    return x.reshape(count, B, H, length).permute(1, 2, 0, 3).reshape(B, H, count * length)
+
+
+def _token_major(x, B, H):
+    """[N, B·H, C, D] → [B, N·C, H, D] (the layout of memory_scan's inputs), as a new tensor."""
+    count, _, length, D = x.shape
+    out = x.new_empty(B, count, length, H, D)
+    out.permute(1, 0, 3, 2, 4).copy_(x.view(count, B, H, length, D))
+    return out.view(B, count * length, H, D)
+
+
+# -------------------------------------------------------------------------------- the bias φ
+
+
+class Linearisation(NamedTuple):
+    """∂g/∂e = diag(a) + s·e eᵀ per row (a None: identity; s None: diagonal); ∂g/∂δ = h (per-row δ)."""
+
+    a: torch.Tensor | None
+    s: torch.Tensor | None
+    h: torch.Tensor | None
+
+
+def bias_linearisation(spec, e, delta=None, delta_grad=False):
+    """The exact derivative of `bias.bias_gradient` (not for dot, whose g = −v does not depend on e).
+
+    l2:     a = 1
+    lp:     a = (e² + ε)^{(p−2)/2} + (p−2) e² (e² + ε)^{(p−4)/2} = (e² + ε)^{(p−4)/2} ((p−1) e² + ε)
+    huber:  coord    a = [|e| ≤ δ],  h = sign(e)·[|e| > δ]
+            norm     inside (‖e‖ ≤ δ) a = 1; outside a = δ/‖e‖, s = −δ/‖e‖³, h = e/‖e‖
+            mixture  inside a = 1; outside a = δ ε (e² + ε)^{−3/2}, h = e/√(e² + ε)
+    robust: a = 1 + Δ r, s = −Δ r³, r = (‖e‖² + ε)^{−1/2}
+    (coord forms h only when `delta_grad`.)
+    """
+    if spec.bias == "l2":
+        return Linearisation(None, None, None)
+    if spec.bias == "lp":
+        square = e.square()
+        power = (square + spec.eps).pow_((spec.p - 4.0) / 2.0)
+        return Linearisation(square.mul_(spec.p - 1.0).add_(spec.eps).mul_(power), None, None)
+    if spec.bias == "robust":
+        r = torch.rsqrt(e.square().sum(-1, keepdim=True) + spec.eps)
+        return Linearisation(1.0 + spec.robust_delta * r, -spec.robust_delta * r.pow(3), None)
+    delta = spec.delta if delta is None else delta
+    if spec.huber_mode == "coord":
+        h = (e > delta).to(e.dtype) - (e < -delta).to(e.dtype) if delta_grad else None
+        return Linearisation((e.abs() <= delta).to(e.dtype), None, h)
+    squared_norm = e.square().sum(-1, keepdim=True)
+    inside = squared_norm <= delta**2
+    if spec.huber_mode == "norm":
+        r = _inverse_norm(squared_norm)
+        outer = Linearisation(delta * r, -delta * r.pow(3), e * r)
+    else:
+        r = torch.rsqrt(e.square() + spec.eps)
+        outer = Linearisation(delta * spec.eps * r.pow(3), None, e * r)
+    one, zero = e.new_ones(()), e.new_zeros(())
+    s = None if outer.s is None else torch.where(inside, zero, outer.s)
+    return Linearisation(torch.where(inside, one, outer.a), s, torch.where(inside, zero, outer.h))
+
+
+def _vjp(lin, e, dg):
+    """de = J_φᵀ dg = a ⊙ dg + s e (e·dg)  (J is symmetric)."""
+    de = dg if lin.a is None else lin.a * dg
+    if lin.s is not None:
+        de = de + lin.s * e * (e * dg).sum(-1, keepdim=True)
+    return de
+
+
+# ------------------------------------------------------------------------------------ forward
+
+
+class _Decays(NamedTuple):
+    """Chunk-major decays: b, w [N, BH, C, 1], β [N, BH, 1, 1], L [N, BH, C, C]."""
+
+    b: torch.Tensor
+    w: torch.Tensor
+    beta: torch.Tensor
+    L: torch.Tensor
+
+
+def _decays(log_cumulative):
+    """b, w, β, L from ℓ [N, BH, C] in log space. The upper triangle of exp(ℓ_t − ℓ_i) may overflow to inf
+    before `tril_` replaces it by 0; nothing is differentiated through it here, so no inf·0 can arise."""
+    L = (log_cumulative.unsqueeze(-1) - log_cumulative.unsqueeze(-2)).exp_().tril_()
+    b = torch.exp(log_cumulative).unsqueeze(-1)
+    return _Decays(b, L[..., -1, :].unsqueeze(-1), b[..., -1:, :], L)
+
+
+def _hand_off(spec, K_tilde, K_w, V, delta, beta, A):
+    """The sequential part: states [N+1, BH, Dk, Dv] (chunk starts, then the last chunk's end), e and g.
+
+    Per chunk: e = K̃ A0 − V, g = φ(e), A_next = β A0 − (η w ⊙ K)ᵀ g with K_w = η w ⊙ K. For l2, g is e
+    (the same tensor); for dot, g = −V and e is None.
+    """
+    count = K_tilde.shape[0]
+    states = A.new_empty(count + 1, *A.shape)
+    states[0] = A
+    errors = None if spec.bias == "dot" else torch.empty_like(V)
+    grads = -V if errors is None else errors if spec.bias == "l2" else torch.empty_like(V)
+    for n in range(count):
+        if errors is not None:
+            e = torch.baddbmm(V[n], K_tilde[n], states[n], beta=-1, out=errors[n])
+            if grads is not errors:
+                grads[n] = bias_gradient(spec, e, None, None if delta is None else delta[n])
+        torch.mul(states[n], beta[n], out=states[n + 1]).baddbmm_(K_w[n].transpose(1, 2), grads[n], alpha=-1)
+    return states, errors, grads
+
+
+def _bmm(x, y):
+    """Batched matmul over the leading [N, BH] axes."""
+    return torch.bmm(x.flatten(0, 1), y.flatten(0, 1)).view(*x.shape[:2], x.shape[2], y.shape[3])
+
+
+def _row_dot(x, y, dims=1):
+    """Σ over the last `dims` axes of x ⊙ y (contiguous x, y), as one batched matmul of rows."""
+    size = x.shape[-dims:].numel()
+    return torch.bmm(x.reshape(-1, 1, size), y.reshape(-1, size, 1)).view(x.shape[:-dims])
+
+
+def _baddbmm_(z, x, y, alpha=1, beta=1):
+    """z ← beta · z + alpha · x y in place (z contiguous) over the leading [N, BH] axes."""
+    z.flatten(0, 1).baddbmm_(x.flatten(0, 1), y.flatten(0, 1), alpha=alpha, beta=beta)
+    return z
+
+
+# ----------------------------------------------------------------------------------- backward
+# Signs are folded into the products: F = Sᵀ dO = −dD_read, and the buffers hold −dD and −de.
+
+
+def _state_grads(spec, K, K_tilde, lin, errors, eta, decays, F, R, dA_last):
+    """Reverse recursion over chunks; returns dA [N+1, BH, Dk, Dv], −dD and −de (None for dot).
+
+    X = K dA_next,  −dD = F + w ⊙ X,  −de = J_φᵀ(η ⊙ (−dD)),  dA0 = β dA_next + R − K̃ᵀ (−de);
+    dA[n] is the gradient of chunk n's start state, dA[N] = dA_last. F is overwritten by −dD.
+    """
+    count = K.shape[0]
+    dA = R.new_empty(count + 1, *R.shape[1:])
+    dA[count] = dA_last
+    minus_dD, minus_de = F, None if spec.bias == "dot" else torch.empty_like(F)
+    elementwise = lin is None or lin.s is None
+    if elementwise:  # −de = a η ⊙ (−dD)
+        scale = eta if lin is None or lin.a is None else lin.a.mul_(eta)
+    for n in reversed(range(count)):
+        minus_dD[n].addcmul_(decays.w[n], torch.bmm(K[n], dA[n + 1]))
+        torch.addcmul(R[n], decays.beta[n], dA[n + 1], out=dA[n])
+        if minus_de is None:
+            continue
+        if elementwise:
+            torch.mul(scale[n], minus_dD[n], out=minus_de[n])
+        else:
+            lin_n = Linearisation(*(None if t is None else t[n] for t in lin))
+            minus_de[n] = _vjp(lin_n, errors[n], eta[n] * minus_dD[n])
+        dA[n].baddbmm_(K_tilde[n].transpose(1, 2), minus_de[n], alpha=-1)
+    return dA, minus_dD, minus_de
+
+
+def _query_key_grads(spec, decays, Q, K, D, dO, states, dA, minus_de, log_grad):
+    """dQ, dK and (if `log_grad`) dℓ, batched over all chunks; A0 = states[:-1], dA_next = dA[1:].
+
+    PL = (dO Dᵀ) ⊙ L = −dS ⊙ L,  U = −de A0ᵀ,
+    dQ = b ⊙ (dO A0ᵀ) − PL K,
+    dK = −M − c ⊙ U,  M = PLᵀ Q + (w ⊙ D) dA_nextᵀ.
+    Every ℓ-dependent factor (b, L, w, β, c) scales its term by e^{±ℓ}, so the gradient of ℓ is read off
+    the products already formed: dℓ_t = Σ q_t ⊙ dQ_t + Σ k_t ⊙ M_t − [retained] b_t Σ k_t ⊙ U_t
+    + [t = C−1] ⟨A_next, dA_next⟩ (A_next scales as a whole with e^{ℓ_{C−1}}).
+    """
+    starts_t, dA_next = states[:-1].transpose(-1, -2), dA[1:]
+    PL = _bmm(dO, D.transpose(-1, -2)).mul_(decays.L)
+    dQ = _baddbmm_(_bmm(dO, starts_t).mul_(decays.b), PL, K, alpha=-1)
+    dK = _baddbmm_(torch.empty_like(K), PL.transpose(-1, -2), Q, alpha=-1, beta=0)
+    _baddbmm_(dK, decays.w * D, dA_next.transpose(-1, -2), alpha=-1)
+    d_log = None
+    if log_grad:
+        d_log = _row_dot(Q, dQ) - _row_dot(K, dK)
+        d_log[..., -1] += _row_dot(states[1:], dA_next, dims=2)
+    if minus_de is None:
+        return dQ, dK, d_log
+    if spec.grad_at == "previous":
+        return dQ, _baddbmm_(dK, minus_de, starts_t, alpha=-1), d_log
+    U = _bmm(minus_de, starts_t)
+    if log_grad:
+        d_log -= decays.b.squeeze(-1) * _row_dot(K, U)
+    return dQ, dK.addcmul_(decays.b, U, value=-1), d_log
+
+
+class FusedDualScan(torch.autograd.Function):
+    """(q, k, v [B, H, T, D], η, ℓ, δ or None [B, H, T], A0 [B, H, Dk, Dv], spec, C) → (o [B, T, H, Dv], A_last).
+
+    T must be a multiple of C; η is the effective step size and ℓ the cumulative log-decay per chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, eta, log_cumulative, delta, A0, spec, chunk_size):
+        B, H, T, _ = q.shape
+        count = T // chunk_size
+        Q, K, V = (_chunk_major(x, count, chunk_size) for x in (q, k, v))
+        eta_c = _chunk_major(eta, count, chunk_size).unsqueeze(-1)
+        delta_c = None if delta is None else _chunk_major(delta, count, chunk_size).unsqueeze(-1)
+        decays = _decays(_chunk_major(log_cumulative, count, chunk_size))
+        K_tilde = K * decays.b if spec.grad_at == "retained" else K
+        states, errors, grads = _hand_off(spec, K_tilde, (eta_c * decays.w) * K, V, delta_c, decays.beta,
+                                          A0.reshape(B * H, *A0.shape[2:]))
+        D = eta_c * grads
+        S = _bmm(Q, K.transpose(-1, -2)).mul_(decays.L)
+        O = _baddbmm_(_bmm(Q, states[:-1]).mul_(decays.b), S, D, alpha=-1)
+        ctx.spec, ctx.shape = spec, (B, H)
+        ctx.save_for_backward(Q, K, K_tilde, eta_c, delta_c, states, errors, grads, D, S, *decays)
+        return _token_major(O, B, H), states[-1].view(A0.shape).clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dO, dA_last):
+        spec, (B, H) = ctx.spec, ctx.shape
+        Q, K, K_tilde, eta, delta, states, errors, grads, D, S, *decays = ctx.saved_tensors
+        count, _, C, _ = Q.shape
+        decays = _Decays(*decays)
+        dO = dO.reshape(B, count, C, H, -1).permute(1, 0, 3, 2, 4).contiguous().view(count, B * H, C, -1)
+        R = _bmm(Q.transpose(-1, -2), decays.b * dO)
+        F = _bmm(S.transpose(-1, -2), dO)
+        lin = None if spec.bias == "dot" else bias_linearisation(spec, errors, delta, ctx.needs_input_grad[5])
+        dA, minus_dD, minus_de = _state_grads(spec, K, K_tilde, lin, errors, eta, decays, F, R,
+                                              dA_last.reshape(B * H, *dA_last.shape[2:]))
+        dQ, dK, d_log = _query_key_grads(spec, decays, Q, K, D, dO, states, dA, minus_de, ctx.needs_input_grad[4])
+        dV = eta * minus_dD if minus_de is None else minus_de  # dot: g = −v, dV = −η ⊙ dD; else dV = −de
+        d_delta = _rates_back(-((eta * minus_dD) * lin.h).sum(-1), B, H) if ctx.needs_input_grad[5] else None
+        d_eta = -_row_dot(minus_dD, grads)
+        grads_qkv = (_token_major(x, B, H).transpose(1, 2) for x in (dQ, dK, dV))
+        return (*grads_qkv, _rates_back(d_eta, B, H), d_log if d_log is None else _rates_back(d_log, B, H),
+                d_delta, dA[0].view(dA_last.shape), None, None)

@@ -1,0 +1,503 @@
+"""Training loop: `fit(model, task, ...)` -> a polars frame of per-step metrics.
+
+The loop, one optimiser step s = 1, 2, ..., steps:
+
+    inputs, labels = task.batch(batch_size, s - 1, **curriculum(s - 1))
+    loss = model(inputs, labels=labels)["loss"]             # NaN/inf guard on the loss
+    loss.backward();  g = ‖∇θ‖₂ (clipped to `clip`)          # NaN/inf guard on the gradients
+    AdamW step at lr(s):
+        lr(s) = lr · s / warmup                                          for s ≤ warmup
+        lr(s) = min_lr + ½ (lr − min_lr) (1 + cos(π (s − warmup) / (steps − warmup)))   after
+    every `eval_every` steps (and at the end): task.evaluate(model) -> {name: float}, stored as eval_<name>
+
+Weight decay applies to matrices (≥ 2-D parameters: projections, embeddings) only, not to biases,
+norm gains or per-head gate parameters (nanoGPT's rule).
+
+The task protocol: ``task.batch(batch_size, step, **kwargs) -> (inputs, labels)`` (deterministic in
+step) and, optionally, ``task.evaluate(model) -> dict of floats``; a task without ``evaluate`` but
+with ``test_set() -> (inputs, labels)`` is scored by `evaluate` here (loss and accuracy at the
+labelled positions). The model protocol: ``model(inputs, labels=labels)`` returns a dict with
+"loss" (and "logits", for `evaluate`).
+
+Control: ``callbacks`` are called after every step with the step's metrics (a dict); one returning
+True stops the run (see `early_stop`, `ProgressBar`). ``cancel`` (a ``threading.Event`` or a
+callable returning bool) is checked before every step, so a notebook can stop a run from another
+thread. ``max_time`` stops after that many seconds of wall-clock time.
+
+Outputs in ``out_dir`` (when given): ``checkpoint.pt`` (`miras_lite.checkpoint.save`, the extra
+holds the step and the fit arguments) and ``metrics.parquet``, both rewritten at every checkpoint
+and at the end. If the loss or a gradient stops being finite, `fit` raises `TrainingDiverged`
+(step, quantity, a suggestion) after writing the metrics so far and the last finite weights.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from . import checkpoint
+
+IGNORE_INDEX = -100
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or a gradient was not finite at ``step``; ``quantity`` says which (e.g. "loss",
+    "gradient of blocks.0.mixer.qkv_proj.weight"). ``out_dir`` holds the last good checkpoint and
+    the metrics up to the failing step (when fit was given an out_dir)."""
+
+    def __init__(self, step, quantity, suggestion, out_dir=None):
+        self.step, self.quantity, self.suggestion, self.out_dir = step, quantity, suggestion, out_dir
+        kept = f"; the last good checkpoint and metrics.parquet are in {out_dir}" if out_dir else ""
+        super().__init__(f"training diverged at step {step}: the {quantity} is not finite (NaN or inf). "
+                         f"{suggestion}{kept}")
+
+
+# ----------------------------------------------------------------------------------- schedule
+
+
+def lr_at(step, steps, lr, warmup, min_lr):
+    """Learning rate of optimiser step ``step`` (1-based): linear warmup, then cosine to min_lr."""
+    if step <= warmup:
+        return lr * step / max(warmup, 1)
+    progress = min(1.0, (step - warmup) / max(steps - warmup, 1))
+    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model, lr, weight_decay, betas=(0.9, 0.95)):
+    """AdamW; weight decay only on parameters with ≥ 2 dimensions."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
+
+
+# ----------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model, inputs, labels, batch_size=256):
+    """Mean cross-entropy and next-token accuracy at the labelled positions (labels != -100).
+
+    Works with models that return logits only at the labelled positions (``[N_labelled, V]``, in
+    row-major order of ``labels != -100``) or at every position (``[B, T, V]``).
+    Returns ``{"loss": float, "accuracy": float}``.
+    """
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    try:
+        for start in range(0, inputs.shape[0], batch_size):
+            x, y = inputs[start:start + batch_size], labels[start:start + batch_size]
+            out = model(x, labels=y)
+            mask = y != IGNORE_INDEX
+            n = int(mask.sum())
+            if n == 0:
+                continue
+            logits = out["logits"]
+            if logits.dim() == 3:
+                logits = logits[mask]
+            if logits.shape[0] != n:
+                raise ValueError(f"model returned logits of shape {tuple(out['logits'].shape)}; expected "
+                                 f"[{n}, V] (labelled positions only) or [B, T, V]")
+            target = y[mask]
+            total_loss += float(torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum"))
+            correct += int((logits.argmax(-1) == target).sum())
+            count += n
+    finally:
+        model.train(was_training)
+    return {"loss": total_loss / max(count, 1), "accuracy": correct / max(count, 1)}
+
+
+def _evaluator(task, eval_batch_size):
+    """A function model -> dict of floats, or None when the task cannot be evaluated."""
+    if hasattr(task, "evaluate"):
+        return task.evaluate
+    if hasattr(task, "test_set"):
+        cache = {}
+
+        def run(model):
+            if "data" not in cache:
+                cache["data"] = task.test_set()
+            return evaluate(model, *cache["data"], batch_size=eval_batch_size)
+
+        return run
+    return None
+
+
+# ----------------------------------------------------------------------------------- callbacks
+
+
+def early_stop(metric="eval_accuracy", threshold=0.99, mode="max"):
+    """A callback stopping the run once ``metric`` reaches ``threshold`` (``mode="max"``: ≥;
+    ``"min"``: ≤). Rows without the metric (steps without an evaluation) are ignored."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode={mode!r} is not supported; allowed values: 'max', 'min'")
+
+    def callback(row):
+        value = row.get(metric)
+        if value is None:
+            return False
+        return value >= threshold if mode == "max" else value <= threshold
+
+    return callback
+
+
+def _format_duration(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class ProgressBar:
+    """A text progress bar callback: ``step 120/1000 [===>      ] loss 2.31 acc 0.532 ... ETA 1m02s``.
+
+    On a terminal it redraws one line (carriage return); otherwise (a pipe, a log file) it prints
+    a line roughly every 10% of the run and at every evaluation.
+    """
+
+    def __init__(self, total, stream=None, width=24):
+        self.total, self.stream, self.width = total, stream or sys.stderr, width
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.last_acc, self.next_line = None, 0.0
+
+    def line(self, row):
+        step, frac = row["step"], row["step"] / max(self.total, 1)
+        filled = int(frac * self.width)
+        bar = "=" * filled + (">" if filled < self.width else "") + " " * (self.width - filled - 1)
+        for key, label in (("eval_accuracy", "acc"), ("eval_loss", "eval loss")):
+            if row.get(key) is not None:
+                self.last_acc = (label, row[key])
+                break
+        acc = f" {self.last_acc[0]} {self.last_acc[1]:.3f}" if self.last_acc is not None else ""
+        rate = step / max(row["time_s"], 1e-9)
+        eta = (self.total - step) / max(rate, 1e-9)
+        return (f"step {step}/{self.total} [{bar}] loss {row['loss']:.4f}{acc} lr {row['lr']:.2e} "
+                f"{rate:.1f} it/s {row['tokens_per_s'] / 1e3:.1f}k tok/s {_format_duration(row['time_s'])} "
+                f"ETA {_format_duration(eta)}")
+
+    def __call__(self, row):
+        if self.tty:
+            self.stream.write("\r" + self.line(row) + "\x1b[K")
+            if row["step"] >= self.total:
+                self.stream.write("\n")
+        elif row["step"] / max(self.total, 1) >= self.next_line or row.get("eval_s") is not None:
+            self.stream.write(self.line(row) + "\n")
+            self.next_line = row["step"] / max(self.total, 1) + 0.1
+        self.stream.flush()
+        return False
+
+    def close(self):
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def summarize(metrics, stopped=None):
+    """A few human-readable lines about a finished run (the CLI prints them)."""
+    if metrics.height == 0:
+        return "no steps were run"
+    last = metrics.row(-1, named=True)
+    lines = [f"steps {last['step']}  wall {last['time_s']:.1f}s  final loss {last['loss']:.4f}  "
+             f"mean {metrics['tokens_per_s'].mean() / 1e3:.1f}k tokens/s"]
+    evals = metrics.filter(pl.col("eval_s").is_not_null()) if "eval_s" in metrics.columns else None
+    if evals is not None and evals.height:
+        final = evals.row(-1, named=True)
+        names = [c for c in evals.columns if c.startswith("eval_") and c != "eval_s" and final[c] is not None]
+        lines.append(f"held-out at step {final['step']}: " + ", ".join(f"{c[5:]} {final[c]:.4f}" for c in names))
+        if "eval_accuracy" in names:
+            best = evals.sort("eval_accuracy", descending=True, nulls_last=True).row(0, named=True)
+            lines.append(f"eval accuracy: final {final['eval_accuracy']:.4f}, best {best['eval_accuracy']:.4f} "
+                         f"at step {best['step']} ({best['time_s']:.1f}s)")
+    if stopped:
+        lines.append(f"stopped: {stopped}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- stages
+
+
+class TaskStages:
+    """A task that switches tasks at given steps: a curriculum over whole tasks.
+
+    ``TaskStages([(0, easy), (800, target)])`` serves ``easy.batch(B, s)`` for steps 0..799 and then
+    ``target.batch(B, s - 800)``; `evaluate` / `test_set` / `vocab_size` are the last stage's (or
+    ``eval_task``'s), so held-out numbers always refer to the target task.
+    """
+
+    def __init__(self, stages, eval_task=None):
+        stages = sorted(stages, key=lambda st: st[0])
+        if not stages or stages[0][0] != 0:
+            raise ValueError(f"stages={stages!r} must be a non-empty list of (start_step, task) starting at step 0")
+        for start, task in stages:
+            if not hasattr(task, "batch"):
+                raise ValueError(f"stages: {type(task).__name__} (from step {start}) has no batch(batch_size, step)")
+        self.stages, self.eval_task = stages, eval_task if eval_task is not None else stages[-1][1]
+        if hasattr(self.eval_task, "evaluate"):
+            self.evaluate = self.eval_task.evaluate
+        if hasattr(self.eval_task, "test_set"):
+            self.test_set = self.eval_task.test_set
+
+    @property
+    def vocab_size(self):
+        return self.eval_task.vocab_size
+
+    def stage(self, step):
+        """(start, task) of the stage that serves ``step``."""
+        return [st for st in self.stages if st[0] <= step][-1]
+
+    def batch(self, batch_size, step, **kwargs):
+        start, task = self.stage(step)
+        return task.batch(batch_size, step - start, **kwargs)
+
+
+# ----------------------------------------------------------------------------------- fit
+
+
+def _is_cancelled(cancel):
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def _curriculum_kwargs(curriculum, step):
+    """Keyword arguments for task.batch at 0-based ``step``: from a callable step -> dict, or from a
+    list of (start_step, dict) stages (the last stage whose start is ≤ step)."""
+    if curriculum is None:
+        return {}
+    if callable(curriculum):
+        return dict(curriculum(step) or {})
+    kwargs = {}
+    for start, stage in sorted(curriculum, key=lambda s: s[0]):
+        if start <= step:
+            kwargs = dict(stage)
+    return kwargs
+
+
+def _apply_curriculum(task, kwargs):
+    """Set the curriculum values the task has as (non-method) attributes, e.g. ``BabiLong.context_length``;
+    return the others, which become keyword arguments of ``task.batch``."""
+    rest = {}
+    for key, value in kwargs.items():
+        if hasattr(task, key) and not callable(getattr(task, key)):
+            setattr(task, key, value)
+        else:
+            rest[key] = value
+    return rest
+
+
+def _first_nonfinite_grad(model):
+    for name, p in model.named_parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return name
+    return "?"
+
+
+_RATE_ERROR = re.compile(r"\b(eta|alpha|theta|delta): values must lie in")
+
+
+def _nonfinite_forward(model, error):
+    """What was not finite when the forward pass raised ``error``, or None if it was something else.
+
+    NaN/inf weights make `memory_scan` refuse the rates the layers compute from them (a ValueError
+    "eta: values must lie in ..."); `MirasLayer` only produces rates inside those intervals, so that
+    message with finite weights means NaN/inf activations.
+    """
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            return f"parameter {name}"
+    if isinstance(error, ValueError) and _RATE_ERROR.search(str(error)):
+        return f"activations of the forward pass (memory_scan refused them: {error})"
+    return None
+
+
+def _suggestion(lr, clip):
+    clip_hint = "set clip (e.g. 1.0)" if not clip else f"keep clip={clip}"
+    return (f"Try a lower lr (now {lr:g}; e.g. {lr / 3:.1g}), {clip_hint}, a longer warmup, or a more stable memory: "
+            "a smaller inner learning rate (MirasLayer eta_max), a smaller chunk_size, retention α closer to 1 "
+            "for MLP memories.")
+
+
+def _check_positive_int(name, value, allow_none=False, minimum=1):
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}" + (" or None" if allow_none else ""))
+
+
+def fit(model, task, steps=1000, batch_size=32, lr=3e-3, weight_decay=0.1, warmup=None, min_lr=None, clip=1.0,
+        eval_every=None, eval_from=0, callbacks=(), cancel=None, out_dir=None, checkpoint_every=None,
+        curriculum=None, seed=0, max_time=None, betas=(0.9, 0.95), eval_batch_size=256, verbose=False):
+    """Train ``model`` on ``task`` with AdamW, warmup + cosine and gradient clipping (module docstring).
+
+    Args:
+        steps, batch_size: optimiser steps and examples per step.
+        lr, weight_decay, betas: AdamW; ``min_lr`` is the end of the cosine (default lr / 10).
+        warmup: linear warmup steps (default min(100, steps // 10)).
+        clip: max global gradient norm (None or 0: no clipping; the norm is still logged).
+        eval_every: evaluate every that many steps (default steps // 10; 0: only at the end).
+        eval_from: no periodic evaluation before this step (e.g. while `TaskStages` is still on an
+            easier task); the final evaluation always runs.
+        callbacks: callables ``f(row: dict)``; returning True stops the run.
+        cancel: ``threading.Event`` or callable returning bool, checked before every step.
+        out_dir: where checkpoint.pt and metrics.parquet go (None: nothing is written).
+        checkpoint_every: steps between checkpoints (default: at every evaluation; always at the end).
+        curriculum: callable ``step -> dict`` or list of ``(start_step, dict)`` (0-based steps): values the
+            task has as attributes are set on it (e.g. ``BabiLong.context_length``, the number of ARMT
+            segments), the others are passed to ``task.batch`` as keyword arguments; scalar values are
+            logged as columns. (`TaskStages` switches between whole tasks instead.)
+        seed: ``torch.manual_seed`` at the start (dropout, sampling in the model).
+        max_time: stop after this many seconds (wall clock, evaluations included).
+        verbose: print a progress bar to stderr.
+
+    Returns a polars DataFrame, one row per step: step, loss, lr, grad_norm, tokens_per_s, time_s
+    (wall clock since the start), the curriculum values, and eval_<name> / eval_s (seconds the
+    evaluation took) on evaluation steps (null elsewhere). The model is left in eval mode.
+
+    Raises `TrainingDiverged` when the loss or a gradient is not finite.
+    """
+    _check_positive_int("steps", steps)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("eval_every", eval_every, allow_none=True, minimum=0)
+    _check_positive_int("checkpoint_every", checkpoint_every, allow_none=True)
+    _check_positive_int("warmup", warmup, allow_none=True, minimum=0)
+    _check_positive_int("eval_from", eval_from, minimum=0)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr={lr!r} must be a number > 0")
+    if not hasattr(task, "batch"):
+        raise ValueError(f"task: {type(task).__name__} has no batch(batch_size, step) method")
+    warmup = min(100, steps // 10) if warmup is None else warmup
+    min_lr = lr / 10 if min_lr is None else min_lr
+    evaluator = _evaluator(task, eval_batch_size)
+    if eval_every is None:
+        eval_every = max(1, steps // 10)
+    if evaluator is None:
+        eval_every = 0
+    if checkpoint_every is None:
+        checkpoint_every = eval_every
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    callbacks = list(callbacks)
+    bar = ProgressBar(steps) if verbose else None
+    if bar is not None:
+        callbacks.append(bar)
+    fit_args = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+                    min_lr=min_lr, clip=clip, eval_every=eval_every, seed=seed)
+
+    torch.manual_seed(seed)
+    model.train()
+    optimizer = make_optimizer(model, lr, weight_decay, betas)
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows, start, step = [], time.perf_counter(), 0
+
+    def write(step_done, reason=None):
+        if out_dir is None:
+            return
+        frame = _frame(rows)
+        frame.write_parquet(out_dir / "metrics.parquet")
+        if checkpoint.all_finite(model):  # else keep the previous (last good) checkpoint
+            checkpoint.save(out_dir / "checkpoint.pt", model,
+                            extra={"step": step_done, "fit": fit_args, "stopped": reason, "task": _plain(task)})
+
+    def run_eval(row):
+        t0 = time.perf_counter()
+        result = evaluator(model)
+        row.update({f"eval_{k}" if not k.startswith("eval_") else k: float(v) for k, v in result.items()})
+        row["eval_s"] = time.perf_counter() - t0
+        row["time_s"] = time.perf_counter() - start
+
+    stopped = None
+    for step in range(1, steps + 1):
+        if _is_cancelled(cancel):
+            stopped = "cancelled"
+            step -= 1
+            break
+        t0 = time.perf_counter()
+        kwargs = _curriculum_kwargs(curriculum, step - 1)
+        inputs, labels = task.batch(batch_size, step - 1, **_apply_curriculum(task, kwargs))
+        current_lr = lr_at(step, steps, lr, warmup, min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = current_lr
+        row = {"step": step, "lr": current_lr}
+        row.update({k: v for k, v in kwargs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        quantity, loss = None, None
+        try:
+            loss = model(inputs, labels=labels)["loss"]
+            row["loss"] = float(loss.detach())
+        except (ValueError, RuntimeError) as error:
+            quantity = _nonfinite_forward(model, error)
+            if quantity is None:
+                raise
+            row["loss"] = float("nan")
+        if quantity is None and not math.isfinite(row["loss"]):
+            quantity = "loss"
+        if quantity is None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
+            row["grad_norm"] = float(norm)
+            if not math.isfinite(row["grad_norm"]):
+                quantity = f"gradient of {_first_nonfinite_grad(model)}"
+        if quantity is not None:
+            row.update(tokens_per_s=float("nan"), time_s=time.perf_counter() - start)
+            rows.append(row)
+            optimizer.zero_grad(set_to_none=True)
+            write(step - 1, reason=f"diverged at step {step}")  # the weights are still those after step - 1
+            if bar is not None:
+                bar.close()
+            raise TrainingDiverged(step, quantity, _suggestion(lr, clip), out_dir)
+        optimizer.step()
+        elapsed = time.perf_counter() - t0
+        row["tokens_per_s"] = inputs.numel() / max(elapsed, 1e-9)
+        row["time_s"] = time.perf_counter() - start
+        if eval_every and ((step % eval_every == 0 and step >= eval_from) or step == steps):
+            run_eval(row)
+        rows.append(row)
+        if any([cb(row) is True for cb in callbacks]):  # a list: every callback sees every row
+            stopped = f"a callback stopped the run at step {step}"
+        elif max_time is not None and row["time_s"] >= max_time:
+            stopped = f"max_time={max_time}s reached at step {step}"
+        if checkpoint_every and step % checkpoint_every == 0 and step != steps and not stopped:
+            write(step)
+        if stopped:
+            break
+    if rows and evaluator is not None and stopped and "eval_s" not in rows[-1] and stopped != "cancelled":
+        run_eval(rows[-1])
+    if bar is not None:
+        bar.close()
+    write(step, reason=stopped)
+    if verbose:
+        print(summarize(_frame(rows), stopped), file=sys.stderr, flush=True)
+    model.eval()
+    return _frame(rows)
+
+
+def _plain(task):
+    """``task.config`` when the task has a plain-data config dict, else None (stored in checkpoints)."""
+    config = getattr(task, "config", None)
+    if not isinstance(config, dict):
+        return None
+    try:
+        checkpoint._encode(config, "task.config")
+    except ValueError:
+        return None
+    return config
+
+
+def _frame(rows):
+    """The metrics rows as a polars DataFrame (missing values are null)."""
+    if not rows:
+        return pl.DataFrame(schema={"step": pl.Int64, "loss": pl.Float64, "lr": pl.Float64,
+                                    "grad_norm": pl.Float64, "tokens_per_s": pl.Float64, "time_s": pl.Float64})
+    return pl.from_dicts(rows, infer_schema_length=None)
+
+
+__all__ = ["ProgressBar", "TaskStages", "TrainingDiverged", "early_stop", "evaluate", "fit", "lr_at", "make_optimizer", "summarize"]
