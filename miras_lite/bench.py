@@ -143,17 +143,18 @@ def _add_scan(subparsers):
 
 # The issue's MQAR numbers: MirasLM (2 layers, d_model=64) on MQAR (V=8192, L=256, 16 pairs), time to
 # >= 0.99 held-out accuracy on 2 CPU cores. A recipe trains first on short, easy MQAR (L=64, 4 pairs:
-# 4x cheaper steps, on which the recall circuit forms) and then on the target task (`TaskStages`);
-# every held-out evaluation is on the target task. See `python -m miras_lite.bench train --help`.
+# 4x cheaper steps, on which the recall circuit forms) and then on the target task (`TaskStages`): at
+# step `switch`, or as soon as the mean training loss of the last 20 steps is below `switch_below`.
+# Every held-out evaluation is on the target task (none before the switch).
 TRAIN_TASK = dict(vocab_size=8192, seq_len=256, num_kv_pairs=16)
 WARMUP_TASK = dict(vocab_size=8192, seq_len=64, num_kv_pairs=4)
 TRAIN_RECIPES = {
     "gated_deltanet": dict(spec=dict(preset="gated_deltanet"), target_s=180.0, num_heads=1, chunk_size=None,
-                           miras_kwargs=None, lr=1e-2, batch_size=32, warmup=50, switch=600, steps=1400,
-                           train_examples=40_000, eval_every=50),
+                           miras_kwargs=None, lr=1e-2, batch_size=32, warmup=50, switch=1000, switch_below=1.0,
+                           steps=1400, train_examples=40_000, eval_every=50),
     "lp+lq": dict(spec=dict(bias="lp", retention="lq"), target_s=300.0, num_heads=2, chunk_size=8,
-                  miras_kwargs=dict(eta_max=1.0), lr=1e-2, batch_size=32, warmup=50, switch=600, steps=1300,
-                  train_examples=40_000, eval_every=50),
+                  miras_kwargs=dict(eta_max=1.0), lr=1e-2, batch_size=32, warmup=50, switch=600, switch_below=None,
+                  steps=1300, train_examples=40_000, eval_every=50),
 }
 QUICK_TASK = dict(vocab_size=64, seq_len=32, num_kv_pairs=4)
 QUICK_WARMUP_TASK = dict(vocab_size=64, seq_len=16, num_kv_pairs=2)
@@ -184,7 +185,7 @@ def _recipe_model(recipe, task_kwargs, args):
 def _train_one(name, recipe, task_kwargs, warmup_kwargs, args):
     """Train one recipe to the target accuracy (or its time budget); a row of the results table."""
     from .tasks.mqar import MQAR
-    from .train import TaskStages, early_stop, fit
+    from .train import TaskStages, advance_when, early_stop, fit
 
     start = time.perf_counter()
     target = MQAR(**task_kwargs, train_examples=recipe["train_examples"], test_examples=args.eval_examples, seed=args.seed)
@@ -192,8 +193,9 @@ def _train_one(name, recipe, task_kwargs, warmup_kwargs, args):
     if recipe["switch"]:
         easy = MQAR(**warmup_kwargs, train_examples=recipe["train_examples"], test_examples=1, seed=args.seed + 2)
         stages.insert(0, (0, easy))
-    task = TaskStages(stages)
+    task = TaskStages(stages, eval_early=False)
     task.test_set()
+    switch = [advance_when(task, recipe["switch_below"])] if recipe["switch"] and recipe["switch_below"] else []
     data_s = time.perf_counter() - start
     model = _recipe_model(recipe, task_kwargs, args)
     budget = recipe["target_s"] * args.budget_factor
@@ -203,9 +205,8 @@ def _train_one(name, recipe, task_kwargs, warmup_kwargs, args):
             f"# {name} step {row['step']} loss {row['loss']:.3f} held-out acc {row['eval_accuracy']:.4f} "
             f"{row['time_s']:.0f}s", file=sys.stderr, flush=True) and False)
     metrics = fit(model, task, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"],
-                  warmup=recipe["warmup"], eval_every=recipe["eval_every"], eval_from=recipe["switch"],
-                  max_time=budget, seed=args.seed,
-                  callbacks=[early_stop("eval_accuracy", args.target), *progress])
+                  warmup=recipe["warmup"], eval_every=recipe["eval_every"], max_time=budget, seed=args.seed,
+                  callbacks=[*switch, early_stop("eval_accuracy", args.target), *progress])
     evals = metrics.filter(metrics["eval_accuracy"].is_not_null())
     hit = evals.filter(evals["eval_accuracy"] >= args.target)
     first = hit.row(0, named=True) if hit.height else None
@@ -297,12 +298,13 @@ def run_train(args):
           f"MirasLM {args.layers} layers, d_model={args.d_model}; float32 CPU, torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}", flush=True)
     for name, r in recipes.items():
-        easy = (f"steps 1-{r['switch']} on MQAR L={warmup_kwargs['seq_len']} pairs={warmup_kwargs['num_kv_pairs']}, "
-                f"then the target task" if r["switch"] else "the target task only")
+        until = f"loss < {r['switch_below']} (mean of 20 steps) or step {r['switch']}" if r["switch_below"] else f"step {r['switch']}"
+        easy = (f"MQAR L={warmup_kwargs['seq_len']} pairs={warmup_kwargs['num_kv_pairs']} until {until}, then the target task"
+                if r["switch"] else "the target task only")
         print(f"# {name}: spec={_spec_name(r['spec'])} heads={r['num_heads']} chunk_size={r['chunk_size']} "
               f"{r['miras_kwargs'] or ''} lr={r['lr']} batch={r['batch_size']} warmup={r['warmup']} cosine over "
               f"{r['steps']} steps; {easy}; {r['train_examples']} training examples per task; held-out evaluation every "
-              f"{r['eval_every']} steps from step {r['switch']} on {args.eval_examples} examples; budget "
+              f"{r['eval_every']} steps after the switch on {args.eval_examples} examples; budget "
               f"{r['target_s'] * args.budget_factor:.0f}s", flush=True)
     if args.profile:
         for name, r in recipes.items():
@@ -330,8 +332,8 @@ def _add_train(subparsers):
     p.add_argument("--specs", nargs="+", default=list(TRAIN_RECIPES), choices=list(TRAIN_RECIPES), help="recipes to run")
     p.add_argument("--target", type=float, default=0.99, help="held-out accuracy to reach (default 0.99)")
     p.add_argument("--budget-factor", type=float, default=1.0, help="stop at factor x target_s (default 1)")
-    p.add_argument("--eval-examples", type=int, default=256, help="held-out examples of the periodic evaluation")
-    p.add_argument("--final-examples", type=int, default=1000, help="examples of the final held-out evaluation")
+    p.add_argument("--eval-examples", type=int, default=512, help="held-out examples of the periodic evaluation (default 512)")
+    p.add_argument("--final-examples", type=int, default=2000, help="other held-out examples scored at the end (default 2000)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the issue's 2 cores)")
     p.add_argument("--layers", type=int, default=2, help="MirasLM layers (default 2)")
     p.add_argument("--d-model", type=int, default=64, help="MirasLM width (default 64)")
@@ -339,8 +341,8 @@ def _add_train(subparsers):
     p.add_argument("--lr", type=float, default=None, help="override the recipes' peak learning rate")
     p.add_argument("--batch-size", type=int, default=None, help="override the recipes' batch size")
     p.add_argument("--steps", type=int, default=None, help="override the recipes' schedule length")
-    p.add_argument("--switch", type=int, default=None, help="override the step of the switch to the target task "
-                   "(0: train on the target task only)")
+    p.add_argument("--switch", type=int, default=None, help="override the (latest) step of the switch to the target "
+                   "task (0: train on the target task only)")
     p.add_argument("--profile", action="store_true", help="first print where one training step spends its time")
     p.add_argument("--repeats", type=int, default=3, help="repeats of each --profile timing (fastest counts)")
     p.add_argument("--progress", action="store_true", help="print every evaluation to stderr")

@@ -227,19 +227,23 @@ class TaskStages:
 
     ``TaskStages([(0, easy), (800, target)])`` serves ``easy.batch(B, s)`` for steps 0..799 and then
     ``target.batch(B, s - 800)``; `evaluate` / `test_set` / `vocab_size` are the last stage's (or
-    ``eval_task``'s), so held-out numbers always refer to the target task.
+    ``eval_task``'s), so held-out numbers always refer to the target task. A stage can also start
+    earlier, when the previous one is learnt: `advance` (see `advance_when`).
+
+    ``eval_early=False``: `evaluate` returns ``{}`` (fit records no metric) until a batch of the last
+    stage has been served, so no time goes into scoring the target task while training is on an
+    easier one.
     """
 
-    def __init__(self, stages, eval_task=None):
+    def __init__(self, stages, eval_task=None, eval_early=True):
         stages = sorted(stages, key=lambda st: st[0])
         if not stages or stages[0][0] != 0:
             raise ValueError(f"stages={stages!r} must be a non-empty list of (start_step, task) starting at step 0")
         for start, task in stages:
             if not hasattr(task, "batch"):
                 raise ValueError(f"stages: {type(task).__name__} (from step {start}) has no batch(batch_size, step)")
-        self.stages, self.eval_task = stages, eval_task if eval_task is not None else stages[-1][1]
-        if hasattr(self.eval_task, "evaluate"):
-            self.evaluate = self.eval_task.evaluate
+        self.stages, self.eval_task = [list(st) for st in stages], eval_task if eval_task is not None else stages[-1][1]
+        self.eval_early, self.current = eval_early, 0
         if hasattr(self.eval_task, "test_set"):
             self.test_set = self.eval_task.test_set
 
@@ -247,13 +251,45 @@ class TaskStages:
     def vocab_size(self):
         return self.eval_task.vocab_size
 
-    def stage(self, step):
-        """(start, task) of the stage that serves ``step``."""
-        return [st for st in self.stages if st[0] <= step][-1]
+    def stage_index(self, step):
+        """Index of the stage that serves 0-based ``step``."""
+        return max(i for i, (start, _) in enumerate(self.stages) if start <= step)
 
     def batch(self, batch_size, step, **kwargs):
-        start, task = self.stage(step)
+        self.current = self.stage_index(step)
+        start, task = self.stages[self.current]
         return task.batch(batch_size, step - start, **kwargs)
+
+    def advance(self, step):
+        """Start the stage after the current one at 0-based ``step`` (if it was due later)."""
+        nxt = self.current + 1
+        if nxt < len(self.stages) and self.stages[nxt][0] > step:
+            self.stages[nxt][0] = max(step, self.stages[self.current][0] + 1)
+
+    def evaluate(self, model):
+        if not self.eval_early and self.current < len(self.stages) - 1:
+            return {}
+        if hasattr(self.eval_task, "evaluate"):
+            return self.eval_task.evaluate(model)
+        return evaluate(model, *self.eval_task.test_set())
+
+
+def advance_when(stages, below, metric="loss", window=20):
+    """A fit callback: once the mean of ``metric`` over the last ``window`` steps of the current stage of
+    ``stages`` (a `TaskStages`) is below ``below``, the next stage starts with the next step."""
+    history = {"stage": None, "values": []}
+
+    def callback(row):
+        if history["stage"] != stages.current:
+            history["stage"], history["values"] = stages.current, []
+        if row.get(metric) is not None:
+            history["values"].append(row[metric])
+        recent = history["values"][-window:]
+        if len(recent) == window and sum(recent) / window < below:
+            stages.advance(row["step"])  # row "step" s used batch s - 1; the next batch is s
+        return False
+
+    return callback
 
 
 # ----------------------------------------------------------------------------------- fit
@@ -500,4 +536,4 @@ def _frame(rows):
     return pl.from_dicts(rows, infer_schema_length=None)
 
 
-__all__ = ["ProgressBar", "TaskStages", "TrainingDiverged", "early_stop", "evaluate", "fit", "lr_at", "make_optimizer", "summarize"]
+__all__ = ["ProgressBar", "TaskStages", "advance_when", "TrainingDiverged", "early_stop", "evaluate", "fit", "lr_at", "make_optimizer", "summarize"]

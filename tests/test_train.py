@@ -16,7 +16,7 @@ import miras_lite as ml
 from miras_lite import checkpoint
 from miras_lite.models import MirasLM
 from miras_lite.tasks.mqar import MQAR
-from miras_lite.train import TaskStages, TrainingDiverged, early_stop, evaluate, fit, lr_at
+from miras_lite.train import TaskStages, TrainingDiverged, advance_when, early_stop, evaluate, fit, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,12 +154,26 @@ def test_curriculum_sets_task_attributes_or_passes_batch_kwargs():
 def test_task_stages_switch_tasks_and_evaluate_the_last():
     easy, hard = RecordingTask("easy"), tiny_task()
     stages = TaskStages([(0, easy), (2, hard)])
-    assert stages.vocab_size == 64 and stages.evaluate == hard.evaluate
-    metrics = fit(tiny_model(), stages, steps=4, batch_size=2, eval_every=2)
+    assert stages.vocab_size == 64
+    model = tiny_model()
+    metrics = fit(model, stages, steps=4, batch_size=2, eval_every=2)
     assert [s for s, _, _ in easy.calls] == [0, 1]
     assert metrics["eval_accuracy"].drop_nulls().len() == 2
+    assert stages.evaluate(model) == hard.evaluate(model)
     with pytest.raises(ValueError, match="stages"):
         TaskStages([(5, easy)])
+
+
+def test_task_stages_advance_when_the_loss_is_low_and_skip_early_evaluations():
+    easy, last = RecordingTask("easy"), RecordingTask("last")
+    stages = TaskStages([(0, easy), (100, last)], eval_task=tiny_task(), eval_early=False)
+    losses = iter([5.0, 5.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    switch = advance_when(stages, below=1.0, window=2)
+    metrics = fit(tiny_model(), stages, steps=8, batch_size=2, eval_every=1,
+                  callbacks=[lambda row: row.update(loss=next(losses)), switch])
+    # the mean of the last 2 losses is < 1 after step 4 (batches 0-3), so batch 4 is the last stage's first
+    assert [s for s, _, _ in easy.calls] == [0, 1, 2, 3] and [s for s, _, _ in last.calls] == [0, 1, 2, 3]
+    assert metrics["eval_accuracy"].is_null().to_list() == [True] * 4 + [False] * 4
 
 
 # ---------------------------------------------------------------------------------------- checkpoints

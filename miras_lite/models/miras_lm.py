@@ -31,7 +31,7 @@ class MirasLM(nn.Module):
         mixer:       ``"miras"`` | ``"attention"`` | ``"sliding"`` | ``"hybrid"`` (module docstring).
         spec:        the memory of the `MirasLayer` mixers: a `MemorySpec`, a preset name or a dict of
                      MemorySpec fields (how ``.config`` stores it).
-        chunk_size:  `MirasLayer` chunk size (None: exact recurrence).
+        chunk_size:  `MirasLayer` chunk size (None: exact recurrence; "auto": exact where it is chunk-parallel).
         window:      attention window of ``"sliding"`` and of the attention layers of ``"hybrid"``
                      (unused by ``"attention"``, which is full causal attention).
         tie_weights: share the embedding matrix with the output head.
@@ -52,7 +52,7 @@ class MirasLM(nn.Module):
     """
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, num_heads: int = 2,
-                 mixer: str = "miras", spec="gated_deltanet", chunk_size: int | None = 64, window: int = 64,
+                 mixer: str = "miras", spec="gated_deltanet", chunk_size: int | str | None = "auto", window: int = 64,
                  tie_weights: bool = True, ffn_hidden: int | None = None, miras_kwargs: dict | None = None):
         super().__init__()
         check_int("vocab_size", vocab_size)
