@@ -218,6 +218,7 @@ def _train_one(name, recipe, task_kwargs, warmup_kwargs, args):
         "spec": name,
         "target_s": f"{recipe['target_s']:.0f}",
         f"time_to_{args.target}_s": f"{first['time_s']:.1f}" if first else "-",
+        "cpu_s": f"{(first or last)['cpu_s']:.0f}",
         "train_s": f"{(first or last)['time_s'] - evals.filter(evals['step'] <= (first or last)['step'])['eval_s'].sum():.1f}",
         "steps": str((first or last)["step"]),
         "examples": str((first or last)["step"] * recipe["batch_size"]),
@@ -314,8 +315,9 @@ def run_train(args):
     _print_table(columns, [[row[c] for c in columns] for row in rows])
     print(f"# time_to_{args.target}_s: wall clock from the first step to the first periodic held-out evaluation "
           f"reading >= {args.target} (evaluations included; '-' = not reached within the budget); train_s: the same "
-          f"without the evaluations; acc_at_stop: that evaluation (or the last one); acc_in_target: the best periodic "
-          f"held-out accuracy within target_s; final_acc: {args.final_examples} "
+          f"without the evaluations; acc_at_stop: that evaluation (or the last one); cpu_s: CPU seconds of the "
+          f"process (all threads) at that point, which other processes inflate less than the wall clock; "
+          f"acc_in_target: the best periodic held-out accuracy within target_s; final_acc: {args.final_examples} "
           f"other held-out examples; tokens/s: median training throughput. Building the data took "
           f"{sum(r['_data_s'] for r in rows):.1f}s (not counted). Load average at the end "
           f"{os.getloadavg()[0]:.1f} (other processes on the machine slow the runs).", flush=True)
@@ -332,7 +334,7 @@ def _add_train(subparsers):
     p.add_argument("--specs", nargs="+", default=list(TRAIN_RECIPES), choices=list(TRAIN_RECIPES), help="recipes to run")
     p.add_argument("--target", type=float, default=0.99, help="held-out accuracy to reach (default 0.99)")
     p.add_argument("--budget-factor", type=float, default=1.0, help="stop at factor x target_s (default 1)")
-    p.add_argument("--eval-examples", type=int, default=512, help="held-out examples of the periodic evaluation (default 512)")
+    p.add_argument("--eval-examples", type=int, default=256, help="held-out examples of the periodic evaluation (default 256)")
     p.add_argument("--final-examples", type=int, default=2000, help="other held-out examples scored at the end (default 2000)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the issue's 2 cores)")
     p.add_argument("--layers", type=int, default=2, help="MirasLM layers (default 2)")

@@ -137,24 +137,36 @@ def _decays(log_cumulative):
     return _Decays(b, L[..., -1, :].unsqueeze(-1), b[..., -1:, :], L)
 
 
-def _hand_off(spec, K_tilde, K_w, V, delta, beta, A):
-    """The sequential part: states [N+1, BH, Dk, Dv] (chunk starts, then the last chunk's end), e and g.
+class _HandOff(NamedTuple):
+    """What the forward loop leaves behind, chunk-major: states [N+1, BH, Dk, Dv] (chunk starts, then the
+    last chunk's end), e (None for dot), g (the same tensor as e for l2), D = η ⊙ g and w ⊙ D."""
 
-    Per chunk: e = K̃ A0 − V, g = φ(e), A_next = β A0 − (η w ⊙ K)ᵀ g with K_w = η w ⊙ K. For l2, g is e
-    (the same tensor); for dot, g = −V and e is None.
+    states: torch.Tensor
+    errors: torch.Tensor | None
+    grads: torch.Tensor
+    D: torch.Tensor
+    wD: torch.Tensor
+
+
+def _hand_off(spec, K, K_tilde, V, eta, delta, decays, A):
+    """The sequential part, chunk by chunk: e = K̃ A0 − V, g = φ(e), D = η ⊙ g, A_next = β A0 − Kᵀ (w ⊙ D).
+
+    Everything per token is formed here, while the chunk is in cache, rather than in passes over all chunks.
     """
-    count = K_tilde.shape[0]
+    count = K.shape[0]
     states = A.new_empty(count + 1, *A.shape)
     states[0] = A
     errors = None if spec.bias == "dot" else torch.empty_like(V)
     grads = -V if errors is None else errors if spec.bias == "l2" else torch.empty_like(V)
+    D, wD = torch.empty_like(V), torch.empty_like(V)
     for n in range(count):
         if errors is not None:
             e = torch.baddbmm(V[n], K_tilde[n], states[n], beta=-1, out=errors[n])
             if grads is not errors:
                 grads[n] = bias_gradient(spec, e, None, None if delta is None else delta[n])
-        torch.mul(states[n], beta[n], out=states[n + 1]).baddbmm_(K_w[n].transpose(1, 2), grads[n], alpha=-1)
-    return states, errors, grads
+        torch.mul(decays.w[n], torch.mul(eta[n], grads[n], out=D[n]), out=wD[n])
+        torch.mul(states[n], decays.beta[n], out=states[n + 1]).baddbmm_(K[n].transpose(1, 2), wD[n], alpha=-1)
+    return _HandOff(states, errors, grads, D, wD)
 
 
 def _bmm(x, y):
@@ -178,34 +190,40 @@ def _baddbmm_(z, x, y, alpha=1, beta=1):
 # Signs are folded into the products: F = Sᵀ dO = −dD_read, and the buffers hold −dD and −de.
 
 
-def _state_grads(spec, K, K_tilde, lin, errors, eta, decays, F, R, dA_last):
-    """Reverse recursion over chunks; returns dA [N+1, BH, Dk, Dv], −dD and −de (None for dot).
+def _state_grads(spec, K, K_tilde, saved, eta, delta, decays, F, R, dA_last, delta_grad):
+    """Reverse recursion over chunks, with every per-token gradient formed while the chunk is in cache:
 
-    X = K dA_next,  −dD = F + w ⊙ X,  −de = J_φᵀ(η ⊙ (−dD)),  dA0 = β dA_next + R − K̃ᵀ (−de);
-    dA[n] is the gradient of chunk n's start state, dA[N] = dA_last. F is overwritten by −dD.
+    X = K dA_next,  −dD = F + w ⊙ X,  −dg = η ⊙ (−dD),  −de = J_φᵀ(−dg),  dA0 = β dA_next + R − K̃ᵀ (−de),
+    dη = Σ_j dD ⊙ g,  dδ = Σ_j dg ⊙ ∂g/∂δ.
+
+    Returns dA [N+1, BH, Dk, Dv] (dA[n] the gradient of chunk n's start state, dA[N] = dA_last), −dD
+    (written over F), −de (None for dot), dη [N, BH, C] and dδ (None unless `delta_grad`).
     """
     count = K.shape[0]
     dA = R.new_empty(count + 1, *R.shape[1:])
     dA[count] = dA_last
-    minus_dD, minus_de = F, None if spec.bias == "dot" else torch.empty_like(F)
-    elementwise = lin is None or lin.s is None
-    if elementwise:  # −de = a η ⊙ (−dD)
-        scale = eta if lin is None or lin.a is None else lin.a.mul_(eta)
+    minus_de = None if spec.bias == "dot" else torch.empty_like(F)
+    d_eta = F.new_empty(F.shape[:-1])
+    d_delta = F.new_empty(F.shape[:-1]) if delta_grad else None
     for n in reversed(range(count)):
-        minus_dD[n].addcmul_(decays.w[n], torch.bmm(K[n], dA[n + 1]))
+        minus_dD = F[n].addcmul_(decays.w[n], torch.bmm(K[n], dA[n + 1]))
+        d_eta[n] = -(minus_dD * saved.grads[n]).sum(-1)
         torch.addcmul(R[n], decays.beta[n], dA[n + 1], out=dA[n])
         if minus_de is None:
             continue
-        if elementwise:
-            torch.mul(scale[n], minus_dD[n], out=minus_de[n])
+        if spec.bias == "l2":
+            torch.mul(eta[n], minus_dD, out=minus_de[n])
         else:
-            lin_n = Linearisation(*(None if t is None else t[n] for t in lin))
-            minus_de[n] = _vjp(lin_n, errors[n], eta[n] * minus_dD[n])
+            lin = bias_linearisation(spec, saved.errors[n], None if delta is None else delta[n], delta_grad)
+            minus_dg = eta[n] * minus_dD
+            minus_de[n] = _vjp(lin, saved.errors[n], minus_dg)
+            if delta_grad:
+                d_delta[n] = -(minus_dg * lin.h).sum(-1)
         dA[n].baddbmm_(K_tilde[n].transpose(1, 2), minus_de[n], alpha=-1)
-    return dA, minus_dD, minus_de
+    return dA, F, minus_de, d_eta, d_delta
 
 
-def _query_key_grads(spec, decays, Q, K, D, dO, states, dA, minus_de, log_grad):
+def _query_key_grads(spec, decays, Q, K, saved, dO, dA, minus_de, log_grad):
     """dQ, dK and (if `log_grad`) dℓ, batched over all chunks; A0 = states[:-1], dA_next = dA[1:].
 
     PL = (dO Dᵀ) ⊙ L = −dS ⊙ L,  U = −de A0ᵀ,
@@ -215,15 +233,15 @@ def _query_key_grads(spec, decays, Q, K, D, dO, states, dA, minus_de, log_grad):
     the products already formed: dℓ_t = Σ q_t ⊙ dQ_t + Σ k_t ⊙ M_t − [retained] b_t Σ k_t ⊙ U_t
     + [t = C−1] ⟨A_next, dA_next⟩ (A_next scales as a whole with e^{ℓ_{C−1}}).
     """
-    starts_t, dA_next = states[:-1].transpose(-1, -2), dA[1:]
-    PL = _bmm(dO, D.transpose(-1, -2)).mul_(decays.L)
+    starts_t, dA_next = saved.states[:-1].transpose(-1, -2), dA[1:]
+    PL = _bmm(dO, saved.D.transpose(-1, -2)).mul_(decays.L)
     dQ = _baddbmm_(_bmm(dO, starts_t).mul_(decays.b), PL, K, alpha=-1)
     dK = _baddbmm_(torch.empty_like(K), PL.transpose(-1, -2), Q, alpha=-1, beta=0)
-    _baddbmm_(dK, decays.w * D, dA_next.transpose(-1, -2), alpha=-1)
+    _baddbmm_(dK, saved.wD, dA_next.transpose(-1, -2), alpha=-1)
     d_log = None
     if log_grad:
         d_log = _row_dot(Q, dQ) - _row_dot(K, dK)
-        d_log[..., -1] += _row_dot(states[1:], dA_next, dims=2)
+        d_log[..., -1] += _row_dot(saved.states[1:], dA_next, dims=2)
     if minus_de is None:
         return dQ, dK, d_log
     if spec.grad_at == "previous":
@@ -249,32 +267,28 @@ class FusedDualScan(torch.autograd.Function):
         delta_c = None if delta is None else _chunk_major(delta, count, chunk_size).unsqueeze(-1)
         decays = _decays(_chunk_major(log_cumulative, count, chunk_size))
         K_tilde = K * decays.b if spec.grad_at == "retained" else K
-        states, errors, grads = _hand_off(spec, K_tilde, (eta_c * decays.w) * K, V, delta_c, decays.beta,
-                                          A0.reshape(B * H, *A0.shape[2:]))
-        D = eta_c * grads
+        saved = _hand_off(spec, K, K_tilde, V, eta_c, delta_c, decays, A0.reshape(B * H, *A0.shape[2:]))
         S = _bmm(Q, K.transpose(-1, -2)).mul_(decays.L)
-        O = _baddbmm_(_bmm(Q, states[:-1]).mul_(decays.b), S, D, alpha=-1)
+        O = _baddbmm_(_bmm(Q, saved.states[:-1]).mul_(decays.b), S, saved.D, alpha=-1)
         ctx.spec, ctx.shape = spec, (B, H)
-        ctx.save_for_backward(Q, K, K_tilde, eta_c, delta_c, states, errors, grads, D, S, *decays)
-        return _token_major(O, B, H), states[-1].view(A0.shape).clone()
+        ctx.save_for_backward(Q, K, K_tilde, eta_c, delta_c, S, *decays, *saved)
+        return _token_major(O, B, H), saved.states[-1].view(A0.shape).clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dO, dA_last):
         spec, (B, H) = ctx.spec, ctx.shape
-        Q, K, K_tilde, eta, delta, states, errors, grads, D, S, *decays = ctx.saved_tensors
+        Q, K, K_tilde, eta, delta, S, *rest = ctx.saved_tensors
+        decays, saved = _Decays(*rest[:4]), _HandOff(*rest[4:])
         count, _, C, _ = Q.shape
-        decays = _Decays(*decays)
         dO = dO.reshape(B, count, C, H, -1).permute(1, 0, 3, 2, 4).contiguous().view(count, B * H, C, -1)
         R = _bmm(Q.transpose(-1, -2), decays.b * dO)
         F = _bmm(S.transpose(-1, -2), dO)
-        lin = None if spec.bias == "dot" else bias_linearisation(spec, errors, delta, ctx.needs_input_grad[5])
-        dA, minus_dD, minus_de = _state_grads(spec, K, K_tilde, lin, errors, eta, decays, F, R,
-                                              dA_last.reshape(B * H, *dA_last.shape[2:]))
-        dQ, dK, d_log = _query_key_grads(spec, decays, Q, K, D, dO, states, dA, minus_de, ctx.needs_input_grad[4])
+        dA, minus_dD, minus_de, d_eta, d_delta = _state_grads(
+            spec, K, K_tilde, saved, eta, delta, decays, F, R, dA_last.reshape(B * H, *dA_last.shape[2:]),
+            ctx.needs_input_grad[5])
+        dQ, dK, d_log = _query_key_grads(spec, decays, Q, K, saved, dO, dA, minus_de, ctx.needs_input_grad[4])
         dV = eta * minus_dD if minus_de is None else minus_de  # dot: g = −v, dV = −η ⊙ dD; else dV = −de
-        d_delta = _rates_back(-((eta * minus_dD) * lin.h).sum(-1), B, H) if ctx.needs_input_grad[5] else None
-        d_eta = -_row_dot(minus_dD, grads)
         grads_qkv = (_token_major(x, B, H).transpose(1, 2) for x in (dQ, dK, dV))
-        return (*grads_qkv, _rates_back(d_eta, B, H), d_log if d_log is None else _rates_back(d_log, B, H),
-                d_delta, dA[0].view(dA_last.shape), None, None)
+        rates = (None if x is None else _rates_back(x, B, H) for x in (d_eta, d_log, d_delta))
+        return (*grads_qkv, *rates, dA[0].view(dA_last.shape), None, None)

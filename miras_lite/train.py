@@ -394,7 +394,8 @@ def fit(model, task, steps=1000, batch_size=32, lr=3e-3, weight_decay=0.1, warmu
         verbose: print a progress bar to stderr.
 
     Returns a polars DataFrame, one row per step: step, loss, lr, grad_norm, tokens_per_s, time_s
-    (wall clock since the start), the curriculum values, and eval_<name> / eval_s (seconds the
+    (wall clock since the start), cpu_s (CPU time of this process since the start, all threads: less
+    sensitive than time_s to other processes on the machine), the curriculum values, and eval_<name> / eval_s (seconds the
     evaluation took) on evaluation steps (null elsewhere). The model is left in eval mode.
 
     Raises `TrainingDiverged` when the loss or a gradient is not finite.
@@ -432,7 +433,7 @@ def fit(model, task, steps=1000, batch_size=32, lr=3e-3, weight_decay=0.1, warmu
     model.train()
     optimizer = make_optimizer(model, lr, weight_decay, betas)
     params = [p for p in model.parameters() if p.requires_grad]
-    rows, start, step = [], time.perf_counter(), 0
+    rows, start, cpu_start, step = [], time.perf_counter(), time.process_time(), 0
 
     def write(step_done, reason=None):
         if out_dir is None:
@@ -449,6 +450,7 @@ def fit(model, task, steps=1000, batch_size=32, lr=3e-3, weight_decay=0.1, warmu
         row.update({f"eval_{k}" if not k.startswith("eval_") else k: float(v) for k, v in result.items()})
         row["eval_s"] = time.perf_counter() - t0
         row["time_s"] = time.perf_counter() - start
+        row["cpu_s"] = time.process_time() - cpu_start
 
     stopped = None
     for step in range(1, steps + 1):
@@ -494,6 +496,7 @@ def fit(model, task, steps=1000, batch_size=32, lr=3e-3, weight_decay=0.1, warmu
         elapsed = time.perf_counter() - t0
         row["tokens_per_s"] = inputs.numel() / max(elapsed, 1e-9)
         row["time_s"] = time.perf_counter() - start
+        row["cpu_s"] = time.process_time() - cpu_start
         if eval_every and ((step % eval_every == 0 and step >= eval_from) or step == steps):
             run_eval(row)
         rows.append(row)
