@@ -2,6 +2,7 @@
 dispatches to the exact recurrence or the chunked mini-batch form."""
 
 import numbers
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -90,7 +91,10 @@ def _rate(name, value, shape, like, low, high, low_open, high_open):
     with torch.no_grad():
         below = (value <= low) if low_open else (value < low)
         above = (value >= high) if high_open else (value > high)
-        if not torch.isfinite(value).all() or below.any() or above.any():
+        if not torch.isfinite(value).all():
+            _fail(name, f"contains NaN or inf; values must be finite and lie in {interval} (a gate that produced "
+                  "them has diverged: lower the learning rate or clip gradients)")
+        if below.any() or above.any():
             _fail(name, f"values must lie in {interval}")
     value = value.to(dtype=like.dtype, device=like.device)
     return value.expand(shape).permute(0, 2, 1)
@@ -139,8 +143,34 @@ def _check_options(chunk_size, backend, return_states):
                   "(chunked scans only form the memory at chunk ends)")
     if backend not in BACKENDS:
         _fail("backend", f"{backend!r} is not supported; allowed values: {', '.join(map(repr, BACKENDS))}")
+
+
+_WARNED_NO_KERNEL = set()
+
+
+def _triton_kernel(backend, spec, chunk_size, return_states, like):
+    """The Triton kernel for this scan, or None for the torch path.
+
+    backend="triton" raises when no kernel applies; "auto" uses one on CUDA tensors and otherwise runs
+    torch, warning once per spec on CUDA (where a kernel was expected).
+    """
+    if backend == "torch" or (backend == "auto" and not like.is_cuda):
+        return None
+    import kernels  # imported here: triton is only needed when a kernel runs
+
+    if backend == "triton" and (why := kernels.device_ready(like)):
+        _fail("backend", f"'triton' {why}; or use backend='torch' / 'auto'")
+    run, reason = kernels.kernel_for(spec, chunk_size, return_states)
+    if run is not None:
+        return run
     if backend == "triton":
-        _fail("backend", "'triton' kernels are not built into this version yet; allowed values: 'torch', 'auto'")
+        _fail("backend", f"no Triton kernel for {spec} (chunk_size={chunk_size}): {reason}; "
+              "use backend='torch' or 'auto' (which falls back to torch)")
+    if spec not in _WARNED_NO_KERNEL:
+        _WARNED_NO_KERNEL.add(spec)
+        warnings.warn(f"memory_scan(backend='auto'): no Triton kernel for {spec} (chunk_size={chunk_size}): "
+                      f"{reason}; running the torch implementation", stacklevel=3)
+    return None
 
 
 def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_state=None, chunk_size=None,
@@ -185,6 +215,10 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
         delta = _rate("delta", delta, rate_shape, q, 0.0, float("inf"), True, True)
     A, S = _initial_state(initial_state, spec, B, H, Dk, Dv, q)
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    kernel = _triton_kernel(backend, spec, chunk_size, return_states, q)
+    if kernel is not None:
+        o, A, S = kernel(q, k, v, eta, alpha, theta, delta, spec, A[0], S[0], chunk_size)
+        return o.transpose(1, 2), _state(spec, (A,), (S,), None, None)
     parallel_update = exact_parallel_update(spec)
     if chunk_size is None and parallel_update and (return_states or EXACT_PARALLEL_CHUNK) % EXACT_PARALLEL_CHUNK == 0:
         o, A, S, snapshots = chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, EXACT_PARALLEL_CHUNK,

@@ -336,20 +336,19 @@ def _first_nonfinite_grad(model):
     return "?"
 
 
-_RATE_ERROR = re.compile(r"\b(eta|alpha|theta|delta): values must lie in")
+_NONFINITE_RATE = re.compile(r"\b(eta|alpha|theta|delta): contains NaN or inf")
 
 
 def _nonfinite_forward(model, error):
     """What was not finite when the forward pass raised ``error``, or None if it was something else.
 
-    NaN/inf weights make `memory_scan` refuse the rates the layers compute from them (a ValueError
-    "eta: values must lie in ..."); `MirasLayer` only produces rates inside those intervals, so that
-    message with finite weights means NaN/inf activations.
+    NaN/inf weights or activations make `memory_scan` refuse the rates the layers compute from them (a
+    ValueError "eta: contains NaN or inf ...").
     """
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             return f"parameter {name}"
-    if isinstance(error, ValueError) and _RATE_ERROR.search(str(error)):
+    if isinstance(error, ValueError) and _NONFINITE_RATE.search(str(error)):
         return f"activations of the forward pass (memory_scan refused them: {error})"
     return None
 

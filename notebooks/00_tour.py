@@ -4,15 +4,6 @@ __generated_with = "0.25.2"
 app = marimo.App(width="medium", app_title="miras-lite: a tour")
 
 with app.setup(hide_code=True):
-    # Make `import miras_lite` work however the notebook is started
-    # (`python notebooks/00_tour.py`, `marimo run notebooks/`, `marimo edit ...`).
-    import sys
-    from pathlib import Path
-
-    _root = str(Path(__file__).resolve().parents[1])
-    if _root not in sys.path:
-        sys.path.insert(0, _root)
-
     import time
 
     import altair as alt

@@ -4,6 +4,8 @@
 * one intra-op thread per process: the tests use tiny tensors, for which torch's thread pool costs
   far more than it saves (a 3×4 softmax over dim -2 takes ~8 ms with 2 threads, ~2 µs with 1), and
   `pytest -n 2` already uses both cores;
+* without a GPU, Triton kernels run under the interpreter (TRITON_INTERPRET=1, set before triton is
+  first imported);
 * hypothesis profiles: "miras" (default: no deadline, derandomized so CI is reproducible) and
   "miras-random" (random search; select with HYPOTHESIS_PROFILE=miras-random).
 """
@@ -15,6 +17,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(1)
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 try:
     from hypothesis import settings

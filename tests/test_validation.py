@@ -257,3 +257,18 @@ def test_messages_name_allowed_values_for_spec_and_backend():
     with pytest.raises(ValueError) as err:
         _scan(backend="jax")
     assert "torch" in str(err.value) and "auto" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["eta", "alpha"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_rates_say_so(name, bad):
+    rates = torch.full((2, 5, 2), 0.5)
+    rates[1, 3, 0] = bad
+    with pytest.raises(ValueError, match=rf"^{name}: contains NaN or inf.*lower the learning rate"):
+        _scan(**{name: rates})
+
+
+def test_triton_backend_without_gpu_or_interpreter_says_how(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"^backend: 'triton' needs CUDA tensors, or TRITON_INTERPRET=1"):
+        _scan(backend="triton")
