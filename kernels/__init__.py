@@ -10,13 +10,17 @@
 
 Every kernel takes the head-major layout `memory_scan` uses inside: q, k [B, H, T, Dk], v [B, H, T, Dv],
 rates η, α, θ, δ [B, H, T] (θ, δ may be None), the start state A0, S0 [B, H, Dk, Dv]; it returns
-o [B, H, T, Dv] and the end state (A, S). On a CPU the kernels run under the Triton interpreter, which
-must be switched on (TRITON_INTERPRET=1) before `triton` is first imported.
+o [B, H, T, Dv] and the end state (A, S). On a machine without CUDA the kernels run under the Triton
+interpreter: importing this package sets TRITON_INTERPRET=1 there, before any kernel is defined (Triton
+reads it when `@triton.jit` wraps a function).
 """
 
 import os
 
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def interpreter_on():
@@ -49,8 +53,8 @@ def device_ready(like: torch.Tensor):
     """None if kernels can run on tensors like `like`, else why not."""
     if like.is_cuda or interpreter_on():
         return None
-    return ("needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is imported to run the kernels "
-            "on the CPU under the Triton interpreter")
+    return ("needs CUDA tensors on this machine (it has a GPU, so the kernels were compiled for it; "
+            "TRITON_INTERPRET=1 set before `import kernels` runs them on the CPU under the Triton interpreter)")
 
 
 def tuning_configs(configs):

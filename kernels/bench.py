@@ -1,0 +1,254 @@
+"""`python -m kernels.bench`: throughput of the memory recurrence, torch vs Triton vs flash-linear-attention.
+
+Every row times one method on one spec, forward ("fwd") and forward+backward ("fwd+bwd"):
+
+    torch/loop               the exact recurrence token by token (`miras_lite.recurrent.exact_scan`)
+    torch/exact_ut           memory_scan(chunk_size=None): the UT-transform delta rule in torch
+    torch/chunked            memory_scan(chunk_size=64): the dual mini-batch form in torch
+    triton/fused_recurrent   kernels.fused_recurrent (exact, state on chip)
+    triton/chunk_delta       kernels.chunk_delta (exact delta rule, UT transform)
+    triton/chunk_minibatch   kernels.chunk_minibatch (dual mini-batch form, chunk 64)
+    fla/chunk, fla/fused_recurrent   flash-linear-attention's chunk_gated_delta_rule and
+                             fused_recurrent_gated_delta_rule (only when `fla` is installed, on a GPU)
+
+TFLOP/s counts the algorithm's own matrix work per head and token (Dk = Dv = D, chunk C), forward:
+recurrent 6D² (read, error, write); dual mini-batch 4CD + 6D²; UT delta rule 10CD + 6D²; fwd+bwd counts
+3× the forward. On a CUDA GPU the sizes are T ∈ {1k, 4k, 16k}, D ∈ {64, 128}, bf16, B=8, H=16 (the token
+loop only up to --loop-max-t); without one, torch rows run in float32 at small sizes and each Triton
+kernel gets an interpreted smoke run (TRITON_INTERPRET=1: a correctness run, not a speed).
+Writes a parquet file and an Altair chart (HTML) and prints the issue's ratios next to their targets.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from miras_lite.recurrent import exact_scan
+from miras_lite.scan import memory_scan
+from miras_lite.spec import MemorySpec, preset
+
+from . import chunk_delta, chunk_minibatch, fused_recurrent
+
+CHUNK = 64
+DELTA_RULE = preset("gated_deltanet")
+MINIBATCH_SPECS = {
+    "l2": MemorySpec(bias="l2", retention="l2", grad_at="retained"),
+    "lp": MemorySpec(bias="lp", retention="l2", grad_at="retained"),
+    "huber": MemorySpec(bias="huber", huber_mode="coord", retention="l2", grad_at="retained"),
+}
+TARGETS = (  # (what, numerator method/spec, denominator method/spec, at least)
+    ("exact delta-rule kernel vs fla chunk", ("triton/chunk_delta", "gated_deltanet"), ("fla/chunk", "gated_deltanet"), 0.9),
+    ("mini-batch kernel lp vs l2", ("triton/chunk_minibatch", "lp"), ("triton/chunk_minibatch", "l2"), 0.7),
+    ("mini-batch kernel huber vs l2", ("triton/chunk_minibatch", "huber"), ("triton/chunk_minibatch", "l2"), 0.7),
+    ("fused recurrent kernel vs torch loop", ("triton/fused_recurrent", "gated_deltanet"), ("torch/loop", "gated_deltanet"), 50.0),
+)
+
+
+# ------------------------------------------------------------------------------------- methods
+# Each method maps (spec, q, k, v, eta, alpha), all [B, T, H, ·] / [B, T, H], to the output o.
+
+
+def _torch_loop(spec, q, k, v, eta, alpha):
+    B, T, H, Dk = q.shape
+    zeros = (q.new_zeros(B, H, Dk, v.shape[-1]),)
+    head_major = (x.transpose(1, 2) for x in (q, k, v, eta, alpha))
+    return exact_scan(*head_major, None, None, spec, zeros, zeros)[0]
+
+
+def _scan(chunk_size):
+    return lambda spec, q, k, v, eta, alpha: memory_scan(q, k, v, eta, alpha, spec=spec, chunk_size=chunk_size)[0]
+
+
+def _kernel(module, chunk_size):
+    def run(spec, q, k, v, eta, alpha):
+        B, T, H, Dk = q.shape
+        A0 = q.new_zeros(B, H, Dk, v.shape[-1])
+        head_major = (x.transpose(1, 2) for x in (q, k, v, eta, alpha))
+        return module.run(*head_major, None, None, spec, A0, torch.zeros_like(A0), chunk_size)[0]
+
+    return run
+
+
+def _fla(name):
+    def run(spec, q, k, v, eta, alpha):
+        from fla.ops import gated_delta_rule as fla_gdr
+
+        op = getattr(fla_gdr, f"{name}_gated_delta_rule")
+        return op(q, k, v, g=alpha.float().log(), beta=eta, scale=1.0)[0]
+
+    return run
+
+
+def _flops_per_token(method, D):
+    if method in ("torch/loop", "triton/fused_recurrent", "fla/fused_recurrent"):
+        return 6 * D * D
+    if method in ("torch/chunked", "triton/chunk_minibatch"):
+        return 4 * CHUNK * D + 6 * D * D
+    return 10 * CHUNK * D + 6 * D * D
+
+
+def _rows_to_run(gpu, fla_available):
+    """(method, spec name, spec, run) for every row."""
+    exact = [("torch/loop", _torch_loop), ("torch/exact_ut", _scan(None)),
+             ("triton/fused_recurrent", _kernel(fused_recurrent, None)), ("triton/chunk_delta", _kernel(chunk_delta, None))]
+    if gpu and fla_available:
+        exact += [("fla/chunk", _fla("chunk")), ("fla/fused_recurrent", _fla("fused_recurrent"))]
+    rows = [(method, "gated_deltanet", DELTA_RULE, run) for method, run in exact]
+    for name, spec in MINIBATCH_SPECS.items():
+        rows.append(("torch/chunked", name, spec, _scan(CHUNK)))
+        rows.append(("triton/chunk_minibatch", name, spec, _kernel(chunk_minibatch, CHUNK)))
+    return rows
+
+
+# -------------------------------------------------------------------------------------- timing
+
+
+def _inputs(B, T, H, D, dtype, device, seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    q, k, v = torch.randn(3, B, T, H, D, generator=g, device=device)
+    eta, alpha = torch.randn(2, B, T, H, generator=g, device=device)
+    q, k = (torch.nn.functional.normalize(x, dim=-1) for x in (q, k))
+    eta = torch.sigmoid(eta)  # in (0, 1), as fla's beta
+    alpha = 1 - 0.05 * torch.sigmoid(alpha)
+    return [x.to(dtype, copy=True).requires_grad_() for x in (q, k, v, eta, alpha)]
+
+
+def _seconds(fn, repeats, device):
+    """Median wall-clock seconds of fn() after one warm-up call (which also compiles / autotunes)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _measure(method, spec, run, inputs, repeats, device):
+    """{pass: seconds} for the forward and forward+backward passes of one method."""
+    grad_out = torch.randn_like(inputs[2])
+
+    def forward():
+        with torch.no_grad():
+            run(spec, *inputs)
+
+    def forward_backward():
+        for x in inputs:
+            x.grad = None
+        run(spec, *inputs).backward(grad_out.to(inputs[2].dtype))
+
+    return {"fwd": _seconds(forward, repeats, device), "fwd+bwd": _seconds(forward_backward, repeats, device)}
+
+
+def _fla_available():
+    try:
+        import fla.ops.gated_delta_rule  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _grid(args, gpu):
+    if gpu:
+        return dict(B=8, H=16, lengths=(1024, 4096, 16384), dims=(64, 128), dtype=torch.bfloat16, device="cuda")
+    if args.quick:
+        return dict(B=1, H=2, lengths=(32,), dims=(16,), dtype=torch.float32, device="cpu")
+    return dict(B=1, H=4, lengths=(64, 1024, 4096), dims=(64,), dtype=torch.float32, device="cpu")
+
+
+def run_bench(args):
+    gpu = torch.cuda.is_available()
+    grid = _grid(args, gpu)
+    fla_available = _fla_available()
+    where = torch.cuda.get_device_name() if gpu else f"CPU, {torch.get_num_threads()} threads (no CUDA GPU)"
+    print(f"# kernels.bench on {where}; torch {torch.__version__}; B={grid['B']} H={grid['H']} "
+          f"{str(grid['dtype']).removeprefix('torch.')}; fla {'installed' if fla_available else 'not installed'}", flush=True)
+    records = []
+    for D in grid["dims"]:
+        for T in grid["lengths"]:
+            inputs = _inputs(grid["B"], T, grid["H"], D, grid["dtype"], grid["device"])
+            for method, name, spec, run in _rows_to_run(gpu, fla_available):
+                if method == "torch/loop" and T > args.loop_max_t:
+                    continue
+                if method.startswith("triton/") and not gpu and T > args.interpreted_max_t:
+                    continue
+                for pass_name, seconds in _measure(method, spec, run, inputs, args.repeats, grid["device"]).items():
+                    flops = _flops_per_token(method, D) * grid["B"] * grid["H"] * T * (3 if pass_name == "fwd+bwd" else 1)
+                    records.append(dict(method=method, spec=name, T=T, D=D, passes=pass_name, seconds=seconds,
+                                        tokens_per_s=grid["B"] * T / seconds, tflops=flops / seconds / 1e12,
+                                        interpreted=method.startswith("triton/") and not gpu))
+                print(f"# {method:24s} {name:15s} T={T:6d} D={D:4d} done", file=sys.stderr, flush=True)
+    frame = pl.DataFrame(records)
+    _report(frame, args.out)
+    return frame
+
+
+def _report(frame, out):
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, float_precision=4):
+        print(frame.drop("interpreted"))
+    print("# interpreted Triton rows (CPU) check that the kernels run; their times are not speeds", flush=True)
+    _print_targets(frame)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(out)
+    _chart(frame).save(out.with_suffix(".html"))
+    print(f"# wrote {out} and {out.with_suffix('.html')}", flush=True)
+
+
+def _print_targets(frame):
+    """The issue's ratios (throughput of one row over another, fwd+bwd) next to their targets."""
+    speed = frame.filter(pl.col("passes") == "fwd+bwd", ~pl.col("interpreted"))
+    for what, (num_method, num_spec), (den_method, den_spec), target in TARGETS:
+        num = speed.filter(method=num_method, spec=num_spec)
+        den = speed.filter(method=den_method, spec=den_spec)
+        joined = num.join(den, on=["T", "D"], suffix="_base")
+        if joined.is_empty():
+            print(f"# {what}: not measured here (needs a GPU{' and fla' if 'fla' in den_method else ''}); target >= {target}x")
+            continue
+        for row in joined.iter_rows(named=True):
+            ratio = row["tokens_per_s"] / row["tokens_per_s_base"]
+            print(f"# {what} at T={row['T']} D={row['D']}: {ratio:.2f}x (target >= {target}x)")
+
+
+def _chart(frame):
+    import altair as alt
+
+    return (
+        alt.Chart(frame.filter(~pl.col("interpreted")))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("T:Q", scale=alt.Scale(type="log"), title="sequence length T"),
+            y=alt.Y("tokens_per_s:Q", scale=alt.Scale(type="log"), title="tokens / s"),
+            color=alt.Color("method:N"),
+            strokeDash=alt.StrokeDash("spec:N"),
+            tooltip=["method", "spec", "T", "D", "passes", "seconds", "tokens_per_s", "tflops"],
+        )
+        .facet(row=alt.Row("D:O"), column=alt.Column("passes:N"))
+    )
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CPU only: one tiny size (a smoke test)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per row (median counts; default 5)")
+    parser.add_argument("--loop-max-t", type=int, default=4096, help="longest T for the torch token loop")
+    parser.add_argument("--interpreted-max-t", type=int, default=64,
+                        help="longest T for the interpreted Triton smoke runs on a CPU")
+    parser.add_argument("--out", default="runs/kernels_bench.parquet", help="parquet file (the chart goes next to it)")
+    return parser
+
+
+def main(argv=None):
+    run_bench(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
