@@ -1,6 +1,7 @@
 """What the marimo notebooks share beyond the library itself."""
 
 import os
+import sys
 
 
 def quick_mode():
@@ -9,4 +10,9 @@ def quick_mode():
     Otherwise those cells wait for their `mo.ui.run_button`."""
     import marimo as mo
 
-    return os.environ.get("MIRAS_LITE_QUICK") == "1" or mo.app_meta().mode == "script"
+    if os.environ.get("MIRAS_LITE_QUICK") == "1":
+        return True
+    mode = mo.app_meta().mode
+    if mode is None:  # in the setup cell marimo has not set the mode yet: a script's __main__ is the notebook
+        return isinstance(getattr(sys.modules["__main__"], "app", None), mo.App)
+    return mode == "script"

@@ -1,0 +1,564 @@
+import marimo
+
+__generated_with = "0.25.2"
+app = marimo.App(width="medium", app_title="miras-lite: training playground")
+
+with app.setup(hide_code=True):
+    import threading
+
+    import altair as alt
+    import marimo as mo
+    import polars as pl
+    import torch
+
+    import miras_lite as ml
+    from miras_lite.spec import BIASES, GRAD_POINTS, MEMORIES, OPTIMIZERS, RETENTIONS
+    from miras_lite.tasks.lm import LanguageModeling
+    from miras_lite.tasks.mqar import MQAR, accuracy_by_distance, accuracy_by_pairs
+    from miras_lite.ui import quick_mode
+
+    TASKS = ("MQAR", "language model (characters)")
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    # Training playground
+
+    Pick a point of the design space (memory, attentional bias, retention, inner optimiser — or a named
+    preset), a task and a model size, press **Train**, and watch a small `MirasLM` learn while the loss
+    and the held-out accuracy are drawn. Every finished run is kept, so you can compare models side by side.
+
+    **What you will learn**
+
+    - how fast (in steps and in seconds) different memories learn *multi-query associative recall* (MQAR),
+      the task that separates models that can look things up in their context from those that cannot;
+    - how recall depends on the **number of pairs** to remember and on the **distance** between a key and
+      its query;
+    - what the learned gates do on one sequence: the inner learning rate $\eta_t$ (how hard token $t$ is
+      written) and the retention $\alpha_t$ (how much of the past survives it);
+    - what the memory $W_t$ of a trained layer looks like as it fills up.
+    """)
+    return
+
+
+@app.cell
+def _():
+    # Here, not in the setup cell: a script's run mode is only known inside a cell.
+    QUICK = quick_mode()
+    return (QUICK,)
+
+
+@app.cell
+def _():
+    preset_choice = mo.ui.dropdown(
+        options=[*ml.PRESETS, "custom"], value="gated_deltanet", label="preset"
+    )
+    task_choice = mo.ui.dropdown(options=list(TASKS), value="MQAR", label="task")
+    vocab = mo.ui.slider(32, 256, step=32, value=64, label="vocabulary V", show_value=True)
+    seq_len = mo.ui.slider(16, 128, step=16, value=32, label="length L", show_value=True)
+    pairs = mo.ui.slider(1, 16, step=1, value=4, label="pairs D (MQAR)", show_value=True)
+    d_model = mo.ui.slider(32, 128, step=32, value=64, label="d_model", show_value=True)
+    layers = mo.ui.slider(1, 4, step=1, value=2, label="layers", show_value=True)
+    heads = mo.ui.dropdown(options=["1", "2", "4"], value="1", label="heads")
+    steps = mo.ui.slider(50, 2000, step=50, value=400, label="steps", show_value=True)
+    lr = mo.ui.dropdown(options=["0.003", "0.01", "0.03"], value="0.01", label="learning rate")
+    batch = mo.ui.slider(4, 64, step=4, value=16, label="batch", show_value=True)
+    train_button = mo.ui.run_button(label="Train", kind="success")
+    # A run trains in a background thread, so the kernel is free to handle this click while it runs.
+    stop_requested = threading.Event()
+    cancel_button = mo.ui.button(label="Cancel", kind="danger", on_change=lambda _: stop_requested.set())
+    return (
+        batch, cancel_button, d_model, heads, layers, lr, pairs, preset_choice, seq_len, steps,
+        stop_requested, task_choice, train_button, vocab,
+    )
+
+
+@app.cell
+def _(preset_choice):
+    # Picking a preset resets the four axes to that model; change any axis to leave it.
+    base = ml.MemorySpec() if preset_choice.value == "custom" else ml.preset(preset_choice.value)
+    memory = mo.ui.dropdown(options=list(MEMORIES), value=base.memory, label="memory")
+    bias = mo.ui.dropdown(options=list(BIASES), value=base.bias, label="bias")
+    retention = mo.ui.dropdown(options=list(RETENTIONS), value=base.retention, label="retention")
+    optimizer = mo.ui.dropdown(options=list(OPTIMIZERS), value=base.optimizer, label="optimizer")
+    grad_at = mo.ui.dropdown(options=list(GRAD_POINTS), value=base.grad_at, label="grad_at")
+    return base, bias, grad_at, memory, optimizer, retention
+
+
+@app.cell(hide_code=True)
+def _(
+    batch, bias, cancel_button, d_model, grad_at, heads, layers, lr, memory, optimizer, pairs,
+    preset_choice, retention, seq_len, steps, task_choice, train_button, vocab,
+):
+    mo.vstack(
+        [
+            mo.md("**Model**"),
+            mo.hstack([preset_choice, memory, bias, retention, optimizer, grad_at], justify="start", wrap=True),
+            mo.hstack([d_model, layers, heads], justify="start", wrap=True),
+            mo.md("**Task**"),
+            mo.hstack([task_choice, vocab, seq_len, pairs], justify="start", wrap=True),
+            mo.md("**Training**"),
+            mo.hstack([steps, batch, lr], justify="start", wrap=True),
+            mo.hstack([train_button, cancel_button], justify="start"),
+        ]
+    )
+    return
+
+
+@app.cell
+def _(base, bias, grad_at, memory, optimizer, preset_choice, retention):
+    # The preset's extra parameters (p, q, δ, ...) with the four axes you chose.
+    try:
+        spec = base.replace(
+            memory=memory.value, bias=bias.value, retention=retention.value,
+            optimizer=optimizer.value, grad_at=grad_at.value,
+        )
+        spec_error = None
+    except ValueError as err:
+        spec, spec_error = None, str(err)
+    # An unchanged preset goes to MirasLM by name: "retnet" then gets its constant per-head α.
+    model_spec = preset_choice.value if spec is not None and spec == ml.PRESETS.get(preset_choice.value) else spec
+    spec_name = model_spec if isinstance(model_spec, str) else "custom"
+    return model_spec, spec, spec_error, spec_name
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    ## Train
+
+    **MQAR** (Zoology format): an example of length $L$ starts with $D$ key-value pairs
+    $k_1 v_1 \dots k_D v_D$ over a vocabulary of $V$ tokens, followed by random filler in which every
+    key comes back once; at a query the model must output its value. Values are drawn from $V/2$
+    tokens, so guessing scores $2/V$. The **language model** task predicts the next character of a small
+    generated corpus; its held-out score is in bits per character (lower is better).
+
+    The model is `ml.MirasLM`: an embedding, `layers` pre-norm blocks whose token mixer is a
+    `MirasLayer` with your spec, and a tied output head; each layer computes per token
+    $q_t, k_t, v_t$ and the gates $\eta_t = \eta_{\max}\,\sigma(w_\eta^\top x_t)$ and
+    $\alpha_t = \sigma(w_\alpha^\top x_t)$, then runs the memory. `ml.fit` trains it with AdamW (warmup,
+    cosine schedule, gradient clipping) on the cross-entropy at the labelled positions.
+    The run trains in a background thread: the chart below is redrawn while it learns, **Cancel**
+    stops it after the current step (changing a control or pressing **Train** again does too).
+    """)
+    return
+
+
+@app.function
+def make_task(name, vocab_size, seq_len, num_kv_pairs, test_examples):
+    """The training task: MQAR(V, L, D) or character-level language modelling with windows of L."""
+    if name == "MQAR":
+        return MQAR(vocab_size=vocab_size, seq_len=seq_len, num_kv_pairs=num_kv_pairs,
+                    train_examples=4096, test_examples=test_examples)
+    return LanguageModeling(level="char", seq_len=seq_len, test_windows=test_examples)
+
+
+@app.function
+def held_out_metric(metrics):
+    """The held-out column of a run's metrics: accuracy (MQAR) or bits per token (language model)."""
+    return "eval_accuracy" if "eval_accuracy" in metrics.columns else "eval_bits_per_token"
+
+
+@app.function
+def learning_curves(metrics, title):
+    """Training loss (every step) and the held-out score (every evaluation) against the step."""
+    loss = (
+        alt.Chart(metrics.select("step", "loss", "time_s"))
+        .mark_line(color="#4c78a8")
+        .encode(
+            x=alt.X("step:Q", title="step"),
+            y=alt.Y("loss:Q", title="training loss (cross-entropy)"),
+            tooltip=["step:Q", alt.Tooltip("loss:Q", format=".3f"), alt.Tooltip("time_s:Q", format=".1f")],
+        )
+        .properties(width=300, height=220, title="training loss")
+    )
+    column = held_out_metric(metrics)
+    if column not in metrics.columns:
+        return loss.properties(title=title)
+    evals = metrics.filter(pl.col(column).is_not_null()).select("step", "time_s", pl.col(column).alias("score"))
+    score = (
+        alt.Chart(evals)
+        .mark_line(point=True, color="#e45756")
+        .encode(
+            x=alt.X("step:Q", title="step"),
+            y=alt.Y("score:Q", title=column.removeprefix("eval_").replace("_", " "),
+                    scale=alt.Scale(domain=[0, 1]) if column == "eval_accuracy" else alt.Scale(zero=False)),
+            tooltip=["step:Q", alt.Tooltip("score:Q", format=".3f"), alt.Tooltip("time_s:Q", format=".1f")],
+        )
+        .properties(width=300, height=220, title="held-out " + column.removeprefix("eval_").replace("_", " "))
+    )
+    return alt.hconcat(loss, score).properties(title=title)
+
+
+@app.function
+def train_in_cell(model, task, steps, batch_size, lr, cancel, visible):
+    """`ml.fit` with a progress bar and learning curves in the calling cell's output, redrawn at every
+    evaluation and at most twice a second (only while `visible()`). Returns (metrics, error message)."""
+    rows, last_draw = [], 0.0
+    eval_every = max(1, steps // 20)
+    mo.output.clear()
+    with mo.status.progress_bar(total=steps, title="training", remove_on_exit=False) as bar:
+
+        def draw(row):
+            nonlocal last_draw
+            rows.append(row)
+            if not visible():
+                return False
+            bar.update(subtitle=f"step {row['step']}/{steps} · loss {row['loss']:.3f}")
+            if "eval_s" in row or row["time_s"] - last_draw > 0.5:
+                last_draw = row["time_s"]
+                mo.output.replace_at_index(learning_curves(pl.from_dicts(rows), "learning live"), 1)
+            return False
+
+        try:
+            metrics = ml.fit(model, task, steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps // 10),
+                             eval_every=eval_every, callbacks=[draw], cancel=cancel)
+            error = None
+        except (ValueError, ml.TrainingDiverged) as err:
+            metrics, error = pl.from_dicts(rows) if rows else None, str(err)
+    return metrics, error
+
+
+@app.cell
+def _(
+    QUICK, batch, d_model, heads, layers, lr, model_spec, pairs, seq_len, set_runs, spec, spec_error,
+    spec_name, steps, stop_requested, task_choice, train_button, vocab,
+):
+    mo.stop(spec is None, mo.callout(mo.md(f"**Not a valid model:** {spec_error}"), kind="danger"))
+    mo.stop(not (train_button.value or QUICK), mo.md("Press **Train** to start a run."))
+    stop_requested.clear()
+    _config = dict(
+        task=task_choice.value, V=vocab.value, L=seq_len.value, D=pairs.value, d_model=d_model.value,
+        layers=layers.value, heads=int(heads.value), steps=8 if QUICK else steps.value, batch=batch.value,
+        lr=float(lr.value),
+    )
+    try:
+        _task = make_task(_config["task"], _config["V"], _config["L"], _config["D"], 64 if QUICK else 256)
+        torch.manual_seed(0)
+        _model = ml.MirasLM(_task.vocab_size, d_model=_config["d_model"], n_layers=_config["layers"],
+                            num_heads=_config["heads"], spec=model_spec)
+    except ValueError as _err:
+        mo.stop(True, mo.callout(mo.md(f"**Cannot build this run:** {_err}"), kind="danger"))
+
+    def _train():
+        thread = mo.current_thread()
+        metrics, error = train_in_cell(
+            _model, _task, _config["steps"], _config["batch"], _config["lr"],
+            cancel=lambda: stop_requested.is_set() or thread.should_exit,
+            visible=lambda: not thread.should_exit,
+        )
+        if thread.should_exit:  # this cell ran again: a newer run owns its output
+            return
+        failure = [mo.callout(mo.md(f"**The run failed:** {error}"), kind="danger")] if error else []
+        if metrics is None or metrics.height == 0:
+            mo.output.replace_at_index(mo.vstack(failure), 1)
+            return
+        done = metrics["step"][-1]
+        status = "failed" if error else "finished" if done == _config["steps"] else "cancelled"
+        curves = learning_curves(metrics, f"{spec_name}: {status} after {done} steps")
+        mo.output.replace_at_index(mo.vstack([curves, *failure]), 1)
+        set_runs(lambda runs: [*runs, dict(
+            name=f"#{len(runs) + 1} {spec_name}", model=_model.eval(), config=_config, metrics=metrics,
+            status=status,
+        )])
+
+    _thread = mo.Thread(target=_train, daemon=True)
+    _thread.start()
+    if QUICK:  # a script (or a static export) waits for the run: the cells below then show it
+        _thread.join()
+    return
+
+
+@app.cell
+def _():
+    get_runs, set_runs = mo.state([])
+    return get_runs, set_runs
+
+
+@app.function
+def run_curves(run):
+    """One run's metrics as rows (run, step, time_s, loss, held_out) for the comparison chart."""
+    metrics, column = run["metrics"], held_out_metric(run["metrics"])
+    held_out = pl.col(column) if column in metrics.columns else pl.lit(None, dtype=pl.Float64)
+    return metrics.select(pl.lit(run["name"]).alias("run"), "step", "time_s", "loss", held_out.alias("held_out"))
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    ## All runs side by side
+
+    Every run that finished (or was cancelled) is kept for this session. Click a name in the legend to
+    pick out one run. Time is wall-clock on this machine, evaluations included.
+    """)
+    return
+
+
+@app.cell(hide_code=True)
+def _(get_runs):
+    runs = get_runs()
+    mo.stop(not runs, mo.md("_No finished run yet._"))
+    _curves = pl.concat([run_curves(r) for r in runs])
+    _pick = alt.selection_point(fields=["run"], bind="legend")
+    _base = alt.Chart(_curves).encode(
+        color=alt.Color("run:N"),
+        opacity=alt.condition(_pick, alt.value(1.0), alt.value(0.15)),
+        tooltip=["run:N", "step:Q", alt.Tooltip("time_s:Q", format=".1f"), alt.Tooltip("loss:Q", format=".3f"),
+                 alt.Tooltip("held_out:Q", format=".3f")],
+    )
+    _loss = _base.mark_line().encode(
+        x=alt.X("step:Q"), y=alt.Y("loss:Q", title="training loss")
+    ).properties(width=300, height=240).add_params(_pick)
+    _held = _base.transform_filter("datum.held_out != null").mark_line(point=True).encode(
+        x=alt.X("time_s:Q", title="seconds"), y=alt.Y("held_out:Q", title="held-out accuracy / bits per char")
+    ).properties(width=300, height=240)
+    alt.hconcat(_loss, _held)
+    return (runs,)
+
+
+@app.cell(hide_code=True)
+def _(runs):
+    _rows = []
+    for _r in runs:
+        _m, _c = _r["metrics"], _r["config"]
+        _col = held_out_metric(_m)
+        _scores = _m[_col].drop_nulls() if _col in _m.columns else pl.Series([], dtype=pl.Float64)
+        _rows.append(dict(
+            run=_r["name"], status=_r["status"], task=_c["task"],
+            size=f"d={_c['d_model']} × {_c['layers']} layers × {_c['heads']} heads",
+            data=f"V={_c['V']} L={_c['L']} D={_c['D']}" if _c["task"] == "MQAR" else f"L={_c['L']}",
+            steps=int(_m["step"][-1]), seconds=round(float(_m["time_s"][-1]), 1),
+            final_loss=round(float(_m["loss"].tail(10).mean()), 3),
+            held_out=round(float(_scores[-1]), 3) if len(_scores) else None,
+        ))
+    mo.ui.table(pl.DataFrame(_rows), selection=None, show_download=False)
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    ## Inside one trained model
+
+    Pick a run. For MQAR, a fresh held-out set is drawn with several numbers of pairs (at the run's
+    $V$ and $L$), so you see whether the model **generalises to more pairs than it was trained on**, and
+    how accuracy depends on the **distance** from a key's place in the context to its query.
+    """)
+    return
+
+
+@app.cell
+def _(runs):
+    run_choice = mo.ui.dropdown(options=[r["name"] for r in runs], value=runs[-1]["name"], label="run")
+    run_choice
+    return (run_choice,)
+
+
+@app.function
+def pair_counts(trained, seq_len, vocab_size):
+    """Numbers of pairs to test: around the trained one, as far as L ≥ 4D and D < V/2 allow."""
+    limit = min(seq_len // 4, vocab_size // 2 - 1)
+    return sorted({d for d in (1, trained // 2, trained, 2 * trained, 3 * trained) if 1 <= d <= limit})
+
+
+@app.function
+@torch.no_grad()
+def recall_tables(model, config, examples):
+    """Held-out MQAR accuracy of `model` per number of pairs and per key-query distance (`examples` per
+    number of pairs)."""
+    counts = pair_counts(config["D"], config["L"], config["V"])
+    probe = MQAR(vocab_size=config["V"], seq_len=config["L"], num_kv_pairs=counts, train_examples=None,
+                 test_examples=examples, seed=1)
+    inputs, labels = probe.test_set()
+    logits = model(inputs, labels=labels)["logits"]
+    return accuracy_by_pairs(logits, inputs, labels), accuracy_by_distance(logits, inputs, labels)
+
+
+@app.cell
+def _(QUICK, run_choice, runs):
+    run = next(r for r in runs if r["name"] == run_choice.value)
+    is_mqar = run["config"]["task"] == "MQAR"
+    _examples = 32 if QUICK else 128
+    by_pairs, by_distance = recall_tables(run["model"], run["config"], _examples) if is_mqar else (None, None)
+    return by_distance, by_pairs, is_mqar, run
+
+
+@app.cell(hide_code=True)
+def _(by_distance, by_pairs, is_mqar, run):
+    mo.stop(not is_mqar, mo.md("_Accuracy by pairs and by distance are MQAR measurements: pick an MQAR run._"))
+    _accuracy = alt.Y("accuracy:Q", title="held-out accuracy", scale=alt.Scale(domain=[0, 1]))
+    _chance = alt.Chart(pl.DataFrame({"accuracy": [2 / run["config"]["V"]]})).mark_rule(
+        strokeDash=[4, 4], color="gray").encode(y=_accuracy, tooltip=[alt.Tooltip("accuracy:Q", title="chance")])
+    _pairs = alt.Chart(by_pairs).mark_bar().encode(
+        x=alt.X("num_kv_pairs:O", title=f"pairs D (trained on {run['config']['D']})"),
+        y=_accuracy,
+        tooltip=["num_kv_pairs:O", alt.Tooltip("accuracy:Q", format=".3f"), "correct:Q", "total:Q"],
+    ).properties(width=260, height=220, title="accuracy per number of pairs (dashed: chance)")
+    _bins = by_distance.with_columns(pl.format("{}-{}", "distance_lo", pl.col("distance_hi") - 1).alias("distance"))
+    _distance = alt.Chart(_bins).mark_line(point=True).encode(
+        x=alt.X("distance:O", sort=_bins["distance"].to_list(), title="key → query distance (tokens)"),
+        y=_accuracy,
+        tooltip=["distance:N", alt.Tooltip("accuracy:Q", format=".3f"), "correct:Q", "total:Q"],
+    ).properties(width=300, height=220, title="recall vs distance (all pair counts)")
+    alt.hconcat(_pairs + _chance, _distance + _chance)
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    ## The gates on one sequence
+
+    Each `MirasLayer` computes per token and head the inner learning rate $\eta_t$ and the retention
+    $\alpha_t$, and updates its memory, e.g. for Gated DeltaNet
+    $W_t = \alpha_t\,(I - \eta_t k_t^\top k_t)\,W_{t-1} + \eta_t\,k_t^\top v_t$.
+    A large $\eta_t$ writes token $t$ hard; $\alpha_t < 1$ forgets. On MQAR look at the context (shaded):
+    does the model learn to write keys and values and to spare the memory at filler tokens?
+    (Retention `none` fixes $\alpha_t = 1$.)
+    """)
+    return
+
+
+@app.function
+@torch.no_grad()
+def gate_traces(model, tokens):
+    """η_t and α_t of every MirasLayer of `model` on one sequence `tokens` [1, T] -> long polars frame
+    (layer, head, position, gate, value), plus the mixer inputs per layer (to replay its memory)."""
+    mixer_inputs = {}
+    hooks = [
+        block.mixer.register_forward_pre_hook(lambda _m, args, i=i: mixer_inputs.__setitem__(i, args[0]))
+        for i, block in enumerate(model.blocks)
+    ]
+    try:
+        model(tokens)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    frames = []
+    for i, x in mixer_inputs.items():
+        eta, alpha, _ = model.blocks[i].mixer.rates(x)
+        for gate, values in (("η (learning rate)", eta), ("α (retention)", torch.as_tensor(alpha).expand_as(eta))):
+            T, H = values.shape[1:]
+            frames.append(pl.DataFrame({
+                "layer": [i] * (T * H), "head": [h for _ in range(T) for h in range(H)],
+                "position": [t for t in range(T) for _ in range(H)], "gate": [gate] * (T * H),
+                "value": values[0].flatten().tolist(),
+            }))
+    return pl.concat(frames), mixer_inputs
+
+
+@app.cell
+def _(run):
+    _sample = make_task(run["config"]["task"], run["config"]["V"], run["config"]["L"], run["config"]["D"], 1)
+    sample_tokens, sample_labels = (t[:1] for t in _sample.test_set())
+    gates, mixer_inputs = gate_traces(run["model"], sample_tokens)
+    return gates, mixer_inputs, sample_labels
+
+
+@app.cell(hide_code=True)
+def _(gates, is_mqar, run, sample_labels):
+    _gates = gates.with_columns(pl.format("layer {} head {}", "layer", "head").alias("layer·head"))
+    _queries = pl.DataFrame({"position": (sample_labels[0] != -100).nonzero().flatten().tolist()})
+    _context = pl.DataFrame({"start": [0], "end": [2 * run["config"]["D"] - 1]})
+
+    def _panel(gate):
+        lines = alt.Chart(_gates.filter(pl.col("gate") == gate)).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
+            x=alt.X("position:Q", title="position t"),
+            y=alt.Y("value:Q", title=gate, scale=alt.Scale(zero=False)),
+            color="layer·head:N",
+            tooltip=["layer·head:N", "position:Q", alt.Tooltip("value:Q", format=".3f")],
+        ).properties(width=620, height=150)
+        if not is_mqar:
+            return lines
+        shade = alt.Chart(_context).mark_rect(opacity=0.12, color="gray").encode(x="start:Q", x2="end:Q")
+        rules = alt.Chart(_queries).mark_rule(strokeDash=[2, 2], color="gray").encode(
+            x="position:Q", tooltip=[alt.Tooltip("position:Q", title="query at")])
+        return shade + rules + lines
+
+    alt.vconcat(*[_panel(g) for g in _gates["gate"].unique(maintain_order=True)]).properties(
+        title="gates on one held-out sequence" + (" (shaded: context, dashed: queries)" if is_mqar else ""))
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    ## The memory filling up
+
+    Replaying one layer on the first $t$ tokens of the sequence gives its memory $W_t$ (one head;
+    for an MLP memory the first weight matrix $W_\text{in}$). Rows are key coordinates, columns value
+    coordinates. With the delta rule each write moves $W$ only along the key just seen.
+    """)
+    return
+
+
+@app.cell
+def _(mixer_inputs, run):
+    _options = [str(i) for i in sorted(mixer_inputs)]
+    snapshot_layer = mo.ui.dropdown(options=_options, value=_options[0], label="layer")
+    snapshot_head = mo.ui.dropdown(options=[str(h) for h in range(run["config"]["heads"])], value="0", label="head")
+    mo.hstack([snapshot_layer, snapshot_head], justify="start")
+    return snapshot_head, snapshot_layer
+
+
+@app.function
+@torch.no_grad()
+def memory_snapshots(layer, x, head, cuts):
+    """The memory of `layer` (a MirasLayer) after the first t tokens of its input x [1, T, d], t in `cuts`,
+    for one head -> long polars frame (t, key, value, weight). MLP memory: its first matrix W_in."""
+    frames = []
+    for t in cuts:
+        _, state = layer(x[:, :t], return_state=True)
+        W = state.W if isinstance(state.W, torch.Tensor) else state.W[0]
+        M = W[0, head]
+        rows, cols = M.shape
+        frames.append(pl.DataFrame({
+            "t": [f"t = {t}"] * (rows * cols), "key": [r for r in range(rows) for _ in range(cols)],
+            "value": [c for _ in range(rows) for c in range(cols)], "weight": M.flatten().tolist(),
+        }))
+    return pl.concat(frames)
+
+
+@app.cell(hide_code=True)
+def _(is_mqar, mixer_inputs, run, snapshot_head, snapshot_layer):
+    _i = int(snapshot_layer.value)
+    _x = mixer_inputs[_i]
+    _T = _x.shape[1]
+    _end_of_context = 2 * run["config"]["D"] if is_mqar else _T // 4
+    _cuts = sorted({max(1, _end_of_context // 2), _end_of_context, _T})
+    _snaps = memory_snapshots(run["model"].blocks[_i].mixer, _x, int(snapshot_head.value), _cuts)
+    # a few large entries would wash out the rest: the colour scale ends at the 98th percentile of |W|
+    _limit = max(float(_snaps["weight"].abs().quantile(0.98)), 1e-6)
+    alt.Chart(_snaps).mark_rect().encode(
+        x=alt.X("value:O", axis=None), y=alt.Y("key:O", axis=None),
+        color=alt.Color("weight:Q", scale=alt.Scale(scheme="redblue", domain=[-_limit, _limit], reverse=True,
+                                                    clamp=True)),
+        tooltip=["t:N", "key:O", "value:O", alt.Tooltip("weight:Q", format=".3f")],
+    ).properties(width=180, height=180).facet(
+        column=alt.Column("t:N", sort=[f"t = {t}" for t in _cuts], title=None)
+    ).properties(title=f"layer {_i}: memory after the first t tokens" + (" (2D ends the context)" if is_mqar else ""))
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    ## Try this
+
+    - **Delta rule vs Hebbian.** Train `gated_deltanet`, then `linear_attention` with the same settings.
+      Which one reaches high accuracy first, and which collapses when you test it on more pairs?
+    - **Capacity.** Raise the pairs $D$ to 8 (keep $L \ge 4D$) with `d_model` 32, then 64: a head of width
+      $D_k$ stores about $D_k$ pairs.
+    - **Forgetting.** With `retnet` (one constant $\alpha$ per head) look at the recall-vs-distance curve:
+      how far back can a fixed decay reach compared with the data-dependent $\alpha_t$ of `mamba2`?
+    - **Deep memories.** `titans` and `moneta` use an MLP memory trained in chunks: slower per step here,
+      and the inner learning rate $\eta_t$ stays small. How do their gates differ from `gated_deltanet`'s?
+    - **Cancel.** Start a long run (2000 steps) and press **Cancel** half way: the run is kept, marked
+      *cancelled*, and can be inspected like a finished one.
+    """)
+    return
+
+
+if __name__ == "__main__":
+    app.run()
