@@ -49,14 +49,14 @@ TARGETS = (  # (what, numerator method/spec, denominator method/spec, at least)
 
 
 # ------------------------------------------------------------------------------------- methods
-# Each method maps (spec, q, k, v, eta, alpha), all [B, T, H, ·] / [B, T, H], to the output o.
+# Each method maps (spec, q, k, v, eta, alpha), all [B, T, H, ·] / [B, T, H], to the output o [B, T, H, Dv].
 
 
 def _torch_loop(spec, q, k, v, eta, alpha):
     B, T, H, Dk = q.shape
     zeros = (q.new_zeros(B, H, Dk, v.shape[-1]),)
     head_major = (x.transpose(1, 2) for x in (q, k, v, eta, alpha))
-    return exact_scan(*head_major, None, None, spec, zeros, zeros)[0]
+    return exact_scan(*head_major, None, None, spec, zeros, zeros)[0].transpose(1, 2)
 
 
 def _scan(chunk_size):
@@ -68,7 +68,7 @@ def _kernel(module, chunk_size):
         B, T, H, Dk = q.shape
         A0 = q.new_zeros(B, H, Dk, v.shape[-1])
         head_major = (x.transpose(1, 2) for x in (q, k, v, eta, alpha))
-        return module.run(*head_major, None, None, spec, A0, torch.zeros_like(A0), chunk_size)[0]
+        return module.run(*head_major, None, None, spec, A0, torch.zeros_like(A0), chunk_size)[0].transpose(1, 2)
 
     return run
 
