@@ -3,7 +3,9 @@
 * makes `tests/reference.py` importable as `reference`;
 * one intra-op thread per process: the tests use tiny tensors, for which torch's thread pool costs
   far more than it saves (a 3×4 softmax over dim -2 takes ~8 ms with 2 threads, ~2 µs with 1), and
-  `pytest -n 2` already uses both cores;
+  `pytest -n 2` already uses both cores; OMP_NUM_THREADS=1 passes the same to every subprocess the tests
+  start (notebook scripts, marimo servers, sweep workers): two busy threads per process on two shared
+  cores made torch up to 50x slower;
 * without a GPU, Triton kernels run under the interpreter (TRITON_INTERPRET=1, set before triton is
   first imported);
 * hypothesis profiles: "miras" (default: no deadline, derandomized so CI is reproducible) and
@@ -17,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
