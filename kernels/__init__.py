@@ -23,6 +23,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+class KernelLimit(ValueError):
+    """The inputs are outside what a kernel handles (dtype, Dk, chunk size), though its spec is covered:
+    `backend="auto"` then runs torch instead, `backend="triton"` raises it."""
+
+
 def interpreter_on():
     return os.environ.get("TRITON_INTERPRET") == "1"
 

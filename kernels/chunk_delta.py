@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import interpreter_on, tuning_configs
+from . import KernelLimit, interpreter_on, tuning_configs
 
 DOT_PRECISION = {torch.float32: "ieee", torch.bfloat16: "tf32", torch.float16: "tf32"}
 TRITON_DTYPE = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -493,10 +493,10 @@ def run(q, k, v, eta, alpha, theta, delta, spec, A0, S0, chunk_size):
     if chunk_size is not None:
         raise ValueError(f"chunk_size: the delta-rule kernel computes the exact recurrence (None), not {chunk_size!r}")
     if q.dtype not in DOT_PRECISION:
-        raise ValueError(f"q: dtype {q.dtype} is not supported by the Triton kernels; allowed: "
+        raise KernelLimit(f"q: dtype {q.dtype} is not supported by the Triton kernels; allowed: "
                          f"{', '.join(map(str, DOT_PRECISION))}")
     if q.shape[-1] > MAX_KEY_BLOCK:
-        raise ValueError(f"q: Dk={q.shape[-1]} is more key columns than the delta-rule kernel holds on chip "
+        raise KernelLimit(f"q: Dk={q.shape[-1]} is more key columns than the delta-rule kernel holds on chip "
                          f"(at most {MAX_KEY_BLOCK})")
     beta, g, gc = rates_and_decays(spec, k, eta, alpha, chunk_length())
     o, W_end = ChunkDeltaRule.apply(q, k, v, beta, g, gc, A0.float().contiguous())

@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import tuning_configs
+from . import KernelLimit, tuning_configs
 
 BIASES = ("dot", "l2", "lp", "huber")
 # float32 inputs: three tf32 products per dot (about float32 accuracy; "ieee" compiles several times slower)
@@ -412,11 +412,11 @@ def run(q, k, v, eta, alpha, theta, delta, spec, A0, S0, chunk_size):
     if (reason := unsupported(spec)) is not None:
         raise ValueError(f"spec: {reason}")
     if q.dtype not in DOT_PRECISION:
-        raise ValueError(f"q: dtype {q.dtype} is not supported by the Triton kernels; allowed: "
+        raise KernelLimit(f"q: dtype {q.dtype} is not supported by the Triton kernels; allowed: "
                          f"{', '.join(map(str, DOT_PRECISION))}")
     BC, BK, _ = _blocks(chunk_size, q.shape[-1], v.shape[-1])
     if BC * BK > MAX_CHUNK_TILE:
-        raise ValueError(f"chunk_size: {chunk_size} with Dk={q.shape[-1]} is too large for the mini-batch kernel: "
+        raise KernelLimit(f"chunk_size: {chunk_size} with Dk={q.shape[-1]} is too large for the mini-batch kernel: "
                          f"C·Dk, each rounded up to a power of two, must be at most {MAX_CHUNK_TILE} "
                          "(e.g. C=64 with Dk=128); use a smaller chunk_size or backend='torch'")
     tensors = (q, k, v, eta, alpha, delta, A0)

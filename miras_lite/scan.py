@@ -166,11 +166,15 @@ def _triton_kernel(backend, spec, chunk_size, return_states, like):
     if backend == "triton":
         _fail("backend", f"no Triton kernel for {spec} (chunk_size={chunk_size}): {reason}; "
               "use backend='torch' or 'auto' (which falls back to torch)")
+    _warn_no_kernel(spec, chunk_size, reason)
+    return None
+
+
+def _warn_no_kernel(spec, chunk_size, reason):
     if spec not in _WARNED_NO_KERNEL:
         _WARNED_NO_KERNEL.add(spec)
         warnings.warn(f"memory_scan(backend='auto'): no Triton kernel for {spec} (chunk_size={chunk_size}): "
-                      f"{reason}; running the torch implementation", stacklevel=3)
-    return None
+                      f"{reason}; running the torch implementation", stacklevel=4)
 
 
 def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_state=None, chunk_size=None,
@@ -186,6 +190,8 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
     else token by token.
     return_states=s keeps W after every s tokens in `state.snapshots`.
     delta: per-token Huber threshold δ_t (float or [B, T, H] tensor, δ > 0) replacing spec.delta; Huber bias only.
+    backend: "torch"; "triton" (the `kernels` package, interpreted on a machine without CUDA; raises when no
+    kernel covers the scan); "auto" (Triton on CUDA tensors where a kernel covers the scan, else torch).
 
     Returns o [B, T, H, Dv] and a `MemoryState`. Differentiable w.r.t. every tensor input.
     """
@@ -217,8 +223,15 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     kernel = _triton_kernel(backend, spec, chunk_size, return_states, q)
     if kernel is not None:
-        o, A, S = kernel(q, k, v, eta, alpha, theta, delta, spec, A[0], S[0], chunk_size)
-        return o.transpose(1, 2), _state(spec, (A,), (S,), None, None)
+        import kernels
+
+        try:
+            o, A_end, S_end = kernel(q, k, v, eta, alpha, theta, delta, spec, A[0], S[0], chunk_size)
+            return o.transpose(1, 2), _state(spec, (A_end,), (S_end,), None, None)
+        except kernels.KernelLimit as limit:  # a covered spec, inputs the kernel cannot take: "auto" runs torch
+            if backend == "triton":
+                raise
+            _warn_no_kernel(spec, chunk_size, str(limit))
     parallel_update = exact_parallel_update(spec)
     if chunk_size is None and parallel_update and (return_states or EXACT_PARALLEL_CHUNK) % EXACT_PARALLEL_CHUNK == 0:
         o, A, S, snapshots = chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, EXACT_PARALLEL_CHUNK,
