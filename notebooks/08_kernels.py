@@ -174,13 +174,12 @@ def _(bench_button):
 
 @app.cell(hide_code=True)
 def _(timings):
-    alt.Chart(timings.filter(~pl.col("interpreted"))).mark_bar().encode(
+    alt.Chart(timings.filter(~pl.col("interpreted"))).mark_point(filled=True, size=80).encode(
         x=alt.X("tokens_per_s:Q", title="tokens / s", scale=alt.Scale(type="log")),
         y=alt.Y("method:N", title=None),
         color=alt.Color("spec:N"),
-        yOffset="spec:N",
-        row=alt.Row("passes:N", title=None),
-        tooltip=["method", "spec", "T", "D", "seconds", "tokens_per_s", "tflops"],
+        shape=alt.Shape("passes:N"),
+        tooltip=["method", "spec", "T", "D", "passes", "seconds", "tokens_per_s", "tflops"],
     ).properties(width=480, title="torch rows on this machine (Triton rows need a GPU for a speed)")
     return
 
