@@ -1,0 +1,70 @@
+"""A sweep's trials as a polars frame (one row per trial) and back from parquet or a study.
+
+Columns: trial, status ("complete", "diverged", "failed", "running", "waiting"), reason, retry_of (the
+trial this one retries, after a worker was lost), the swept parameters, the memory axes of the trial's
+spec (preset, memory, bias, retention, optimizer), the metrics (recall, final_loss, train_s),
+the curves (accuracy_by_pairs: list of {num_kv_pairs, accuracy}; loss_curve: the training loss per
+step), duration_s (start to end of the trial) and settings (the trial's full settings as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import polars as pl
+from optuna.trial import TrialState
+
+from .storage import rdb_storage
+
+SPEC_AXES = ("preset", "memory", "bias", "retention", "optimizer")
+METRICS = ("recall", "final_loss", "train_s", "accuracy_by_pairs", "loss_curve")
+RECORD = ("trial", "status", "reason", "retry_of", "duration_s", "settings")
+LOST_WORKER = "the worker stopped during the trial (no heartbeat); it is queued again"
+
+
+def _status(trial):
+    if "status" in trial.user_attrs:
+        return trial.user_attrs["status"]
+    return {TrialState.FAIL: "failed", TrialState.RUNNING: "running", TrialState.WAITING: "waiting",
+            TrialState.COMPLETE: "complete"}.get(trial.state, trial.state.name.lower())
+
+
+def _reason(trial):
+    if "reason" in trial.user_attrs:
+        return trial.user_attrs["reason"]
+    return LOST_WORKER if trial.state == TrialState.FAIL else None
+
+
+def trial_row(trial):
+    """One trial as a dict of the frame's columns."""
+    settings = trial.user_attrs.get("settings")
+    spec = settings["spec"] if settings else {}
+    duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else None
+    return {"trial": trial.number, "status": _status(trial), "reason": _reason(trial),
+            "retry_of": trial.system_attrs.get("failed_trial"),
+            **json.loads(trial.user_attrs["config_key"]), **{axis: spec.get(axis) for axis in SPEC_AXES},
+            **{name: trial.user_attrs.get(name) for name in METRICS}, "duration_s": duration,
+            "settings": json.dumps(settings) if settings else None}
+
+
+def trials_frame(study):
+    """The study's sweep trials as a polars frame (module docstring); trials without a queued
+    configuration (a worker that found the queue empty) are left out."""
+    rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if "config_key" in t.user_attrs]
+    return pl.DataFrame(rows, infer_schema_length=None).sort("trial") if rows else pl.DataFrame()
+
+
+def parameter_columns(frame):
+    """The swept parameters among the columns of a trials frame (the columns of no other kind)."""
+    return [c for c in frame.columns if c not in (*RECORD, *SPEC_AXES, *METRICS)]
+
+
+def read_trials(source, sweep=None):
+    """The trials frame from a parquet file, or from a storage URL (then ``sweep`` names the study)."""
+    if not str(source).startswith(("sqlite:", "postgresql")):
+        return pl.read_parquet(Path(source))
+    if sweep is None:
+        raise ValueError(f"source={source!r} is a storage URL: give the sweep (its name is the study name)")
+    return trials_frame(optuna.load_study(study_name=sweep.name, storage=rdb_storage(sweep, source)))

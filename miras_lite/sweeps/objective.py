@@ -1,0 +1,73 @@
+"""One sweep trial: a short MQAR training (`ml.fit`) and its recall curve over the number of pairs.
+
+    recall = (1/|P|) Σ_{D ∈ P} acc(D)      P = [task] eval_pairs (default: the trained pair counts)
+
+acc(D) is the held-out accuracy on MQAR examples with D key-value pairs (`MQAR.evaluate`, the same
+counts as `tasks.mqar.accuracy_by_pairs`); the mean over D weights every pair count equally (an area
+under the recall curve), where the overall accuracy would favour the counts with more queries.
+"""
+
+from __future__ import annotations
+
+import time
+
+import optuna
+import torch
+
+from ..models import MirasLM
+from ..tasks.mqar import MQAR
+from ..train import TrainingDiverged, fit
+from .config import config_key, model_spec, suggest
+
+
+def train_trial(settings):
+    """Train the MirasLM of ``settings`` (`Sweep.settings`) on its MQAR task; returns the trial's
+    metrics: recall, accuracy_by_pairs [{num_kv_pairs, accuracy}], final_loss, loss_curve, train_s.
+    Raises `TrainingDiverged` as `fit` does."""
+    task_args = dict(settings["task"])
+    eval_pairs = task_args.pop("eval_pairs", None)
+    seed = settings["seed"]
+    task = MQAR(**task_args, seed=seed)
+    torch.manual_seed(seed)
+    model = MirasLM(task.vocab_size, spec=model_spec(settings["spec"]), **settings["model"])
+    start = time.perf_counter()
+    metrics = fit(model, task, seed=seed, eval_every=0, **settings["fit"])
+    train_s = time.perf_counter() - start
+    probe = MQAR(task.vocab_size, task.seq_len, eval_pairs or list(task.pairs), train_examples=None,
+                 test_examples=task.test_examples, seed=seed)
+    scores = probe.evaluate(model)
+    curve = [{"num_kv_pairs": d, "accuracy": scores[f"accuracy@{d}"]} for d in probe.pairs]
+    return {"recall": sum(point["accuracy"] for point in curve) / len(curve), "accuracy_by_pairs": curve,
+            "final_loss": metrics["loss"][-1], "loss_curve": metrics["loss"].to_list(), "train_s": train_s}
+
+
+class QueueEmpty(optuna.TrialPruned):
+    """The worker asked for a trial after the last queued one was taken by another worker."""
+
+
+def objective(sweep):
+    """The Optuna objective of ``sweep``: maximise `recall`; the metrics go to the trial's user attrs.
+    A diverging run is recorded (status "diverged", reason = the `TrainingDiverged` message) and
+    re-raised, so Optuna marks the trial failed."""
+
+    def run(trial):
+        if "config_key" not in trial.user_attrs:
+            raise QueueEmpty("no queued configuration left")
+        params = suggest(trial, sweep.space)
+        if config_key(params) != trial.user_attrs["config_key"]:
+            raise ValueError(f"trial {trial.number}: its parameters {params} are not the queued configuration "
+                             f"{trial.user_attrs['config_key']} (was the sweep file changed under a running study?)")
+        settings = sweep.settings(params)
+        trial.set_user_attr("settings", settings)
+        try:
+            result = train_trial(settings)
+        except TrainingDiverged as error:
+            trial.set_user_attr("status", "diverged")
+            trial.set_user_attr("reason", str(error))
+            raise
+        for name, value in result.items():
+            trial.set_user_attr(name, value)
+        trial.set_user_attr("status", "complete")
+        return result["recall"]
+
+    return run

@@ -1,0 +1,89 @@
+"""Running a sweep: queue the missing configurations, start worker processes, watch, export.
+
+`run_sweep` is the coordinator: it queues every planned configuration without a settled trial
+(`storage.queue_missing`, so a re-run skips the finished ones), starts ``workers`` processes
+``python -m miras_lite.sweeps SWEEP.toml --worker --storage URL`` and reports progress until they exit.
+Each worker (`work`) runs on one torch thread and takes queued trials until the queue is empty;
+workers on other machines can join by running the same command against a shared PostgreSQL URL.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+from optuna.exceptions import ExperimentalWarning
+
+from ..train import TrainingDiverged
+from .export import trials_frame
+from .objective import objective
+from .storage import default_storage, open_study, progress, queue_missing, queued
+
+
+def prepare(sweep, storage=None):
+    """Open (or create) the study and queue the missing configurations -> (study, number queued)."""
+    study = open_study(sweep, storage or default_storage(sweep))
+    return study, queue_missing(study, sweep)
+
+
+def _report(study, trial):
+    if "config_key" not in trial.user_attrs:  # a worker that found the queue empty
+        return
+    status = trial.user_attrs.get("status", trial.state.name.lower())
+    detail = f"recall {trial.value:.3f}" if trial.value is not None else trial.user_attrs.get("reason", "")
+    print(f"trial {trial.number} {status}: {trial.params} {detail}", flush=True)
+
+
+def _stop_when_queue_empty(study, trial):
+    if queued(study) == 0:
+        study.stop()
+
+
+def work(sweep, storage):
+    """A worker: run queued trials of ``sweep`` in ``storage`` (a URL) until none is left, on one torch
+    thread (the workers of a machine share its cores)."""
+    torch.set_num_threads(1)
+    study = open_study(sweep, storage)
+    if queued(study) == 0:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        study.optimize(objective(sweep), catch=(TrainingDiverged,), callbacks=[_report, _stop_when_queue_empty])
+
+
+def worker_command(sweep, storage):
+    """The command line of one worker process."""
+    if sweep.path is None:
+        raise ValueError("sweep: worker processes need a sweep read from a file (load_sweep(path))")
+    return [sys.executable, "-m", "miras_lite.sweeps", str(sweep.path), "--worker", "--storage", storage]
+
+
+def run_sweep(sweep, storage=None, workers=1, out=None, on_progress=None, poll_s=1.0):
+    """Run ``sweep`` with ``workers`` processes; returns the trials frame (`export.trials_frame`), also
+    written to ``out`` (parquet) when given. ``on_progress(done, total)`` is called as trials finish."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ValueError(f"workers={workers!r} must be an integer >= 1")
+    storage = storage or default_storage(sweep)
+    study, _ = prepare(sweep, storage)
+    processes = [subprocess.Popen(worker_command(sweep, storage)) for _ in range(workers if queued(study) else 0)]
+    last = None
+    while True:
+        running = any(p.poll() is None for p in processes)
+        state = progress(study, sweep)
+        if on_progress is not None and state != last:
+            on_progress(*state)
+        last = state
+        if not running:
+            break
+        time.sleep(poll_s)
+    failed = [p.returncode for p in processes if p.returncode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {workers} sweep workers exited with an error (exit codes {failed}); "
+                           f"finished trials are kept in {storage}: run the sweep again to resume")
+    frame = trials_frame(study)
+    if out is not None:
+        frame.write_parquet(out)
+    return frame

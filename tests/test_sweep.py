@@ -1,0 +1,274 @@
+"""Sweeps (miras_lite.sweeps): the plan, a real PostgreSQL study with two worker processes, resuming,
+a diverging trial, and a worker killed with SIGKILL in the middle of a trial.
+
+The PostgreSQL test starts its own cluster (initdb / pg_ctl of Debian's `postgresql` package, which
+`make test` installs) on 127.0.0.1 in a temporary directory, as the `postgres` user when the tests
+run as root (the server refuses root), and removes it afterwards.
+"""
+
+import glob
+import json
+import math
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from itertools import product
+from pathlib import Path
+
+import optuna
+import polars as pl
+import pytest
+from optuna.trial import TrialState
+
+from miras_lite.sweeps import load_sweep, parse_sweep, prepare, read_trials, run_sweep, work
+from miras_lite.sweeps.runner import worker_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """
+name = "{name}"
+sampler = "grid"
+[task]
+vocab_size = 16
+seq_len = 16
+num_kv_pairs = 2
+train_examples = 64
+test_examples = 8
+eval_pairs = [1, 2, 3]
+[model]
+d_model = 8
+n_layers = 1
+num_heads = 1
+chunk_size = 4
+[spec]
+preset = "gated_deltanet"
+[fit]
+steps = {steps}
+batch_size = 4
+warmup = 1
+[optuna]
+heartbeat_interval = 1
+grace_period = 2
+max_retry = 2
+[space]
+seed = {seeds}
+[space.fit]
+lr = {lrs}
+"""
+
+
+def tiny_sweep(tmp_path, name, steps=3, seeds=(0, 1), lrs=(1e-2, 1e30)):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(TINY.format(name=name, steps=steps, seeds=list(seeds), lrs=list(lrs)))
+    return load_sweep(path)
+
+
+def trials_of(sweep, storage):
+    return optuna.load_study(study_name=sweep.name, storage=storage).get_trials(deepcopy=False)
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+
+def test_grid_plan_is_every_combination_once_in_a_fixed_order():
+    sweep = load_sweep(ROOT / "sweeps" / "mqar_axes.toml")
+    plan = sweep.plan
+    axes = {name: values for name, values in sweep.space.items()}
+    expected = {tuple(sorted(zip(axes, combo))) for combo in product(*axes.values())}
+    assert len(plan) == len(expected) >= 24
+    assert {tuple(sorted(p.items())) for p in plan} == expected
+    assert load_sweep(ROOT / "sweeps" / "mqar_axes.toml").plan == plan  # every process plans the same
+
+
+def test_random_plan_is_reproducible_and_inside_the_ranges():
+    data = {"name": "r", "sampler": "random", "n_trials": 12, "seed": 3,
+            "space": {"fit": {"lr": {"low": 1e-4, "high": 1e-1, "log": True}, "steps": {"low": 2, "high": 9}},
+                      "spec": {"bias": ["l2", "lp"]}}}
+    plan = parse_sweep(data).plan
+    assert plan == parse_sweep(data).plan and len(plan) == 12
+    assert all(1e-4 <= p["lr"] <= 1e-1 and isinstance(p["steps"], int) and 2 <= p["steps"] <= 9 for p in plan)
+    assert {p["bias"] for p in plan} == {"l2", "lp"} and len({p["lr"] for p in plan}) == 12
+    assert parse_sweep({**data, "seed": 4}).plan != plan
+    settings = parse_sweep(data).settings(plan[0])
+    assert settings["fit"]["lr"] == plan[0]["lr"] and settings["spec"]["bias"] == plan[0]["bias"]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"name": "x", "sampler": "bayes", "space": {"seed": [0]}}, "sampler='bayes'"),
+    ({"name": "x", "space": {"fit": {"lr": {"low": 0.1, "high": 1.0}}}}, "space.lr"),
+    ({"name": "x", "space": {"fit": {"learning_rate": [1]}}}, "space.fit.learning_rate"),
+    ({"name": "x", "model": {"width": 3}, "space": {"seed": [0]}}, "[model]"),
+    ({"name": "x", "space": {"spec": {"bias": ["l2", "l7"]}}}, "bias='l7'"),
+    ({"name": "x", "sampler": "random", "space": {"seed": [0]}}, "n_trials"),
+    ({"name": "x"}, "[space] is empty"),
+])
+def test_bad_sweep_files_raise_value_errors_naming_the_entry(data, message):
+    with pytest.raises(ValueError) as info:
+        parse_sweep(data)
+    assert message in str(info.value)
+
+
+def test_a_random_sweep_runs_its_drawn_configurations_once_and_a_rerun_skips_them(tmp_path):
+    path = tmp_path / "random.toml"
+    path.write_text(TINY.format(name="random", steps=2, seeds=[0], lrs=[1e-2]).replace('sampler = "grid"', (
+        'sampler = "random"\nn_trials = 3\nseed = 5')).replace("lr = [0.01]", "lr = {low = 1e-3, high = 1e-1, log = true}"))
+    sweep = load_sweep(path)
+    storage = f"sqlite:///{tmp_path / 'random.sqlite3'}"
+    assert prepare(sweep, storage)[1] == 3
+    work(sweep, storage)  # in this process: the float learning rates round-trip through the database
+    frame = read_trials(storage, sweep)
+    assert frame["status"].to_list() == ["complete"] * 3
+    assert sorted(frame["lr"].to_list()) == sorted(p["lr"] for p in sweep.plan)
+    assert prepare(sweep, storage)[1] == 0 and len(trials_of(sweep, storage)) == 3
+
+
+# ------------------------------------------------------------------------------------ PostgreSQL
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throw-away PostgreSQL cluster on 127.0.0.1: yields the URL of an empty database."""
+    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bindirs:
+        pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin): `make test` installs Debian's "
+                    "`postgresql` package (`make postgres`), or run `apt-get install postgresql`")
+    bindir = Path(bindirs[-1])
+    as_user = []
+    folder = Path(tempfile.mkdtemp(prefix="miras-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root
+        postgres = pwd.getpwnam("postgres")
+        os.chown(folder, postgres.pw_uid, postgres.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    port, data = _free_port(), folder / "data"
+
+    def pg(*args):
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
+
+    try:
+        pg(bindir / "initdb", "-D", data, "-U", "sweep", "--auth=trust", "--no-sync")
+        pg(bindir / "pg_ctl", "-D", data, "-l", folder / "server.log", "-w", "start", "-o",
+           f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off")
+        pg(bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "sweep", "sweeps")
+        yield f"postgresql://sweep@127.0.0.1:{port}/sweeps"
+    finally:
+        if (data / "postmaster.pid").exists():
+            pg(bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_postgres_sweep_with_two_workers_records_every_trial_and_diverged_ones(tmp_path, postgres_url):
+    sweep = tiny_sweep(tmp_path, "pg_two_workers")
+    out = tmp_path / "trials.parquet"
+    seen = []
+    frame = run_sweep(sweep, postgres_url, workers=2, out=out, on_progress=lambda done, total: seen.append(done),
+                      poll_s=0.2)
+    assert seen[-1] == 4
+
+    trials = [t for t in trials_of(sweep, postgres_url) if "config_key" in t.user_attrs]
+    by_lr = {lr: [t for t in trials if t.params["lr"] == lr] for lr in (1e-2, 1e30)}
+    assert len(trials) == 4 and {t.params["seed"] for t in trials} == {0, 1}
+    assert all(t.state == TrialState.COMPLETE for t in by_lr[1e-2])
+    for t in by_lr[1e30]:  # diverged: failed, with TrainingDiverged's message, and the sweep went on
+        assert t.state == TrialState.FAIL and t.user_attrs["status"] == "diverged"
+        assert t.user_attrs["reason"].startswith("training diverged at step")
+
+    stored = pl.read_parquet(out)
+    assert stored.equals(frame) and stored.height == 4 and stored["trial"].n_unique() == 4
+    assert read_trials(postgres_url, sweep).equals(frame)
+    for row in stored.iter_rows(named=True):
+        assert json.loads(row["settings"])["fit"]["lr"] == row["lr"] and row["bias"] == "l2"
+        assert row["duration_s"] > 0
+        if row["lr"] == 1e30:
+            assert row["status"] == "diverged" and "not finite" in row["reason"] and row["recall"] is None
+            continue
+        curve = row["accuracy_by_pairs"]
+        assert [p["num_kv_pairs"] for p in curve] == [1, 2, 3] and all(0 <= p["accuracy"] <= 1 for p in curve)
+        assert row["recall"] == pytest.approx(sum(p["accuracy"] for p in curve) / 3)
+        assert row["status"] == "complete" and len(row["loss_curve"]) == 3 and math.isfinite(row["final_loss"])
+        assert row["final_loss"] == row["loss_curve"][-1]
+
+    count = len(trials_of(sweep, postgres_url))
+    _, queued = prepare(sweep, postgres_url)  # a re-run: every configuration is settled, nothing is queued
+    assert queued == 0 and len(trials_of(sweep, postgres_url)) == count
+
+
+# ------------------------------------------------------------------------------------ resilience
+
+
+def test_a_worker_killed_mid_trial_loses_no_finished_trial_and_its_trial_is_retried(tmp_path):
+    sweep = tiny_sweep(tmp_path, "killed", steps=100, seeds=(0, 1, 2), lrs=(1e-2,))
+    storage = f"sqlite:///{tmp_path / 'killed.sqlite3'}"
+    _, queued = prepare(sweep, storage)
+    assert queued == 3
+    worker = subprocess.Popen(worker_command(sweep, storage), stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # kill once one trial is finished and the next is training
+            trials = trials_of(sweep, storage)
+            states = [t.state for t in trials]
+            if TrialState.COMPLETE in states and any(
+                    t.state == TrialState.RUNNING and "settings" in t.user_attrs for t in trials):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the worker did not finish a trial and start the next within 60 s: {states}")
+        time.sleep(0.3)  # its heartbeat thread, started with the trial, has written a first heartbeat
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        worker.kill()
+    before = {t.number: t for t in trials_of(sweep, storage)}
+    finished = {n for n, t in before.items() if t.state == TrialState.COMPLETE}
+    killed = [n for n, t in before.items() if t.state == TrialState.RUNNING]
+    assert finished and len(killed) == 1
+
+    time.sleep(sweep.optuna["grace_period"] + 1)  # the killed trial's heartbeat is now stale
+    _, queued = prepare(sweep, storage)  # the re-run: fails the stale trial, whose retry is queued
+    waiting = [t for t in trials_of(sweep, storage) if t.state == TrialState.WAITING]
+    assert queued == 0 and len(waiting) == 3 - len(finished)  # the retry and the trials never started
+    work(sweep, storage)
+
+    after = {t.number: t for t in trials_of(sweep, storage)}
+    for n in finished:  # nothing finished was lost or run again
+        assert after[n].state == TrialState.COMPLETE and after[n].value == before[n].value
+        assert after[n].datetime_complete == before[n].datetime_complete
+    assert after[killed[0]].state == TrialState.FAIL
+    retries = [t for t in after.values() if t.system_attrs.get("failed_trial") == killed[0]]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == before[killed[0]].params
+    complete = [t for t in after.values() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["seed"] for t in complete) == [0, 1, 2]  # every configuration once
+
+    frame = read_trials(storage, sweep)
+    lost = frame.filter(pl.col("trial") == killed[0]).row(0, named=True)
+    assert lost["status"] == "failed" and "no heartbeat" in lost["reason"]
+    assert frame.filter(pl.col("retry_of") == killed[0])["status"].to_list() == ["complete"]
+
+
+def test_a_trial_taken_by_a_worker_that_died_before_starting_it_is_queued_again(tmp_path):
+    """A worker killed between taking a trial and its first heartbeat leaves a RUNNING trial that Optuna's
+    stale check never fails: after grace_period the re-run fails it and queues its configuration again."""
+    sweep = tiny_sweep(tmp_path, "unstarted", steps=2, seeds=(0, 1), lrs=(1e-2,))
+    storage = f"sqlite:///{tmp_path / 'unstarted.sqlite3'}"
+    study, _ = prepare(sweep, storage)
+    with pytest.warns(UserWarning, match="Heartbeat"):  # ask() outside optimize: no heartbeat, as if killed
+        taken = study.ask()
+    assert prepare(sweep, storage)[1] == 0  # within the grace period it may still be starting
+    time.sleep(sweep.optuna["grace_period"] + 0.5)
+    assert prepare(sweep, storage)[1] == 1
+    work(sweep, storage)
+    trials = {t.number: t for t in trials_of(sweep, storage)}
+    assert trials[taken.number].state == TrialState.FAIL
+    complete = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["seed"] for t in complete) == [0, 1]
