@@ -13,7 +13,7 @@ with app.setup(hide_code=True):
     import torch.nn.functional as F
 
     import miras_lite as ml
-    from miras_lite.spec import BIASES, GRAD_POINTS, MEMORIES, OPTIMIZERS, RETENTIONS
+    from miras_lite.ui import axis_dropdowns, chosen_spec
 
 
 @app.cell(hide_code=True)
@@ -54,12 +54,7 @@ def _():
 @app.cell
 def _(preset_choice):
     # Picking a preset resets the four axes to that model; change any axis to leave it.
-    base = ml.MemorySpec() if preset_choice.value == "custom" else ml.preset(preset_choice.value)
-    memory = mo.ui.dropdown(options=list(MEMORIES), value=base.memory, label="memory")
-    bias = mo.ui.dropdown(options=list(BIASES), value=base.bias, label="bias")
-    retention = mo.ui.dropdown(options=list(RETENTIONS), value=base.retention, label="retention")
-    optimizer = mo.ui.dropdown(options=list(OPTIMIZERS), value=base.optimizer, label="optimizer")
-    grad_at = mo.ui.dropdown(options=list(GRAD_POINTS), value=base.grad_at, label="grad_at")
+    base, memory, bias, retention, optimizer, grad_at = axis_dropdowns(preset_choice.value)
     # η = 1 writes a unit-norm key exactly into a linear memory; an MLP memory needs much smaller steps.
     eta = mo.ui.slider(
         0.0, 3.0, step=0.01, value=1.0 if base.memory == "linear" else 0.05,
@@ -89,14 +84,7 @@ def _(alpha, bias, dk, eta, grad_at, memory, n_pairs, optimizer, preset_choice, 
 @app.cell
 def _(base, bias, grad_at, memory, optimizer, retention):
     # The spec: the preset's extra parameters (p, q, δ, huber mode, ...) with the four axes you chose.
-    try:
-        spec = base.replace(
-            memory=memory.value, bias=bias.value, retention=retention.value,
-            optimizer=optimizer.value, grad_at=grad_at.value,
-        )
-        spec_error = None
-    except ValueError as err:
-        spec, spec_error = None, str(err)
+    spec, spec_error = chosen_spec(base, memory, bias, retention, optimizer, grad_at)
     return spec, spec_error
 
 

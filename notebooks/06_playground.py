@@ -12,10 +12,9 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
-    from miras_lite.spec import BIASES, GRAD_POINTS, MEMORIES, OPTIMIZERS, RETENTIONS
     from miras_lite.tasks.lm import LanguageModeling
     from miras_lite.tasks.mqar import MQAR, accuracy_by_distance, accuracy_by_pairs
-    from miras_lite.ui import quick_mode
+    from miras_lite.ui import axis_dropdowns, chosen_spec, quick_mode
 
     TASKS = ("MQAR", "language model (characters)")
 
@@ -77,12 +76,7 @@ def _():
 @app.cell
 def _(preset_choice):
     # Picking a preset resets the four axes to that model; change any axis to leave it.
-    base = ml.MemorySpec() if preset_choice.value == "custom" else ml.preset(preset_choice.value)
-    memory = mo.ui.dropdown(options=list(MEMORIES), value=base.memory, label="memory")
-    bias = mo.ui.dropdown(options=list(BIASES), value=base.bias, label="bias")
-    retention = mo.ui.dropdown(options=list(RETENTIONS), value=base.retention, label="retention")
-    optimizer = mo.ui.dropdown(options=list(OPTIMIZERS), value=base.optimizer, label="optimizer")
-    grad_at = mo.ui.dropdown(options=list(GRAD_POINTS), value=base.grad_at, label="grad_at")
+    base, memory, bias, retention, optimizer, grad_at = axis_dropdowns(preset_choice.value)
     return base, bias, grad_at, memory, optimizer, retention
 
 
@@ -109,14 +103,7 @@ def _(
 @app.cell
 def _(base, bias, grad_at, memory, optimizer, preset_choice, retention):
     # The preset's extra parameters (p, q, δ, ...) with the four axes you chose.
-    try:
-        spec = base.replace(
-            memory=memory.value, bias=bias.value, retention=retention.value,
-            optimizer=optimizer.value, grad_at=grad_at.value,
-        )
-        spec_error = None
-    except ValueError as err:
-        spec, spec_error = None, str(err)
+    spec, spec_error = chosen_spec(base, memory, bias, retention, optimizer, grad_at)
     # An unchanged preset goes to MirasLM by name: "retnet" then gets its constant per-head α.
     model_spec = preset_choice.value if spec is not None and spec == ml.PRESETS.get(preset_choice.value) else spec
     spec_name = model_spec if isinstance(model_spec, str) else "custom"
