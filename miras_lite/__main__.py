@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 from . import checkpoint
+from .reports.command import add_report_parser
 from .spec import PRESETS, MemorySpec
+from .sweeps.cli import add_parser as add_sweep_parser
 from .train import ProgressBar, TrainingDiverged, early_stop, evaluate, fit, summarize
 
 TASKS = ("mqar", "lm", "babilong")
@@ -70,7 +72,8 @@ def task_config(args):
                 "train_examples": args.train_examples, "test_examples": args.test_examples or 1000, "seed": args.seed}
     if args.task == "babilong":
         return {"name": "babilong", "task": args.babi_task, "context_length": args.context_length,
-                "filler": args.text, "test_examples": args.test_examples or 200, "seed": args.seed}
+                "filler": args.text, "test_examples": args.test_examples or 200, "seed": args.seed,
+                "questions": args.questions}
     return {"name": "lm", "path": args.text, "level": args.level, "seq_len": args.seq_len, "seed": args.seed}
 
 
@@ -112,13 +115,27 @@ def build_model(args, vocab_size, spec):
     if args.model == "armt":
         memory = spec if args.memory == "spec" else args.memory
         return ARMT(vocab_size, d_model=args.d_model, n_layers=args.layers, num_heads=args.heads,
-                    segment_size=args.segment_size, num_mem_tokens=args.mem_tokens, memory=memory)
+                    segment_size=args.segment_size, num_mem_tokens=args.mem_tokens, memory=memory,
+                    conv_size=args.conv_size)
     miras_kwargs = {"eta_max": args.eta_max} if args.eta_max is not None else None
     return MirasLM(vocab_size, d_model=args.d_model, n_layers=args.layers, num_heads=args.heads,
                    mixer=args.mixer, spec=spec, chunk_size=args.chunk_size, miras_kwargs=miras_kwargs)
 
 
 # ------------------------------------------------------------------------------------ train
+
+
+def _staged(task, config, curriculum, below, callbacks):
+    """``--advance-below``: the curriculum's lengths as `TaskStages` (one task per context length, evaluated
+    on ``task``) that move on at their step or once the mean training loss of 20 steps is below ``below``.
+    Returns (the staged task, None: no step-based curriculum left)."""
+    from .train import TaskStages, advance_when
+
+    if not curriculum or config["name"] != "babilong":
+        raise ValueError("--advance-below needs --task babilong and a --curriculum")
+    stages = TaskStages([(start, build_task({**config, **lengths})) for start, lengths in curriculum], eval_task=task)
+    callbacks.append(advance_when(stages, below))
+    return stages, None
 
 
 def run_train(args):
@@ -131,6 +148,9 @@ def run_train(args):
     torch.manual_seed(args.seed)
     model = build_model(args, task.vocab_size, spec)
     curriculum = parse_curriculum(args.curriculum) if args.curriculum else None
+    callbacks = [] if args.quiet else [ProgressBar(args.steps)]
+    if args.advance_below is not None:
+        task, curriculum = _staged(task, config, curriculum, args.advance_below, callbacks)
     fit_kwargs = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       warmup=args.warmup, clip=args.clip, eval_every=args.eval_every, seed=args.seed,
                       max_time=args.max_time)
@@ -143,7 +163,6 @@ def run_train(args):
             f"MirasLM mixer={args.mixer} spec={args.spec or args.preset} chunk_size={args.chunk_size}")
     print(f"# {out}: {what} d_model={args.d_model} layers={args.layers} heads={args.heads} "
           f"({n_params / 1e6:.2f}M parameters), task {config}", flush=True)
-    callbacks = [] if args.quiet else [ProgressBar(args.steps)]
     if args.target is not None:
         callbacks.append(early_stop("eval_accuracy", args.target))
     try:
@@ -268,6 +287,8 @@ def build_parser():
                    "(the --spec / --preset memory)")
     g.add_argument("--segment-size", type=int, default=64, help="ARMT segment size (default 64)")
     g.add_argument("--mem-tokens", type=int, default=8, help="ARMT memory tokens per segment (default 8)")
+    g.add_argument("--conv-size", type=int, default=0, help="ARMT: causal conv over K tokens before each attention "
+                   "(default 0: none, the paper's blocks)")
     g = p.add_argument_group("task")
     g.add_argument("--vocab-size", type=int, default=8192, help="MQAR vocabulary V (default 8192)")
     g.add_argument("--seq-len", type=int, default=256, help="sequence length L (default 256)")
@@ -278,6 +299,8 @@ def build_parser():
     g.add_argument("--text", help="LM task: a text file (default: the shipped corpus); babilong: a filler text file")
     g.add_argument("--babi-task", default="qa1", choices=("qa1", "qa2", "qa3"), help="babilong task (default qa1)")
     g.add_argument("--context-length", type=int, default=256, help="babilong training context length (default 256)")
+    g.add_argument("--questions", default="one", choices=("one", "all"), help="babilong training batches: one "
+                   "question (default) or every answerable question of the story (more labels per sample)")
     g.add_argument("--level", default="char", choices=("char", "word"), help="LM task tokenisation")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=1000)
@@ -288,6 +311,8 @@ def build_parser():
     g.add_argument("--clip", type=float, default=1.0, help="gradient norm clip (0: none)")
     g.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default steps/10)")
     g.add_argument("--curriculum", default=None, help="babilong context length by step, e.g. 0:128,300:256")
+    g.add_argument("--advance-below", type=float, default=None, help="babilong: start each --curriculum stage "
+                   "earlier, once the mean training loss of 20 steps is below this")
     g.add_argument("--target", type=float, default=None, help="stop once the held-out accuracy reaches this")
     g.add_argument("--max-time", type=float, default=None, help="stop after this many seconds")
     g.add_argument("--seed", type=int, default=0)
@@ -308,6 +333,9 @@ def build_parser():
     p.add_argument("--samples", type=int, default=50, help="babilong --lengths: samples per length (default 50)")
     p.add_argument("--threads", type=int, default=None)
     p.set_defaults(handler=run_eval)
+
+    add_sweep_parser(sub)
+    add_report_parser(sub)
     return parser
 
 

@@ -18,8 +18,10 @@ A = E(Ã_last), S = S_last. Hence:
   u ↦ u·W_t = b_t u·A0 + γ_t u·S0 − ((u Xᵀ) ⊙ M) (η ⊙ D), with G_i = X_i ⊗ D_i: a few masked matrix
   products, for linear and MLP memory alike. Only the chunk-to-chunk state hand-off is sequential;
   the reads of all chunks are batched once their starting states are known.
-- lq / kl: the same mini-batch semantics, read through N per token, so Ã_t is materialised
-  ([B, H, C, Din, Dout] per chunk).
+- lq: N(A) = A / max(‖A‖_q, ε)^{q−2} only rescales A, so every read is the dual form divided by
+  s_t = max(‖Ã_t‖_q, ε)^{q−2}, and P_t = N(b_t A0) = b_t A0 / max(b_t ‖A0‖_q, ε)^{q−2}. Ã_t is
+  materialised ([B, H, C, Din, Dout] per chunk) only for its q-norm.
+- kl: the same mini-batch semantics, read through N per token, so Ã_t is materialised.
 - elastic: the threshold E = S_γ is applied to the chunk's final accumulator (once per chunk instead
   of once per token) and to every read.
 
@@ -147,10 +149,11 @@ def dual_update(spec, k, v, decays, A0, S0):
     return inputs, scaled_grads, tuple(A), S
 
 
-def dual_read(spec, q, decays, A0, S0, inputs, scaled_grads):
+def dual_read(spec, q, decays, A0, S0, inputs, scaled_grads, scales=None):
     """Outputs of every chunk at once from the chunk-start states A0, S0 ([B, H, N, Din, Dout]).
 
-    Each weight is only used through u ↦ u·W_t = b_t u·A0 + γ_t u·S0 − ((u Xᵀ) ⊙ M) (η ⊙ D).
+    Each weight is only used through u ↦ u·W_t = b_t u·A0 + γ_t u·S0 − ((u Xᵀ) ⊙ M) (η ⊙ D), times
+    ``scales[j]`` ([..., C, 1]; lq: W_t = Ã_t / s_t) when given.
     """
     b = decays.b.unsqueeze(-1)
 
@@ -161,29 +164,76 @@ def dual_read(spec, q, decays, A0, S0, inputs, scaled_grads):
             out = b * (u @ A0[j]) - scores @ scaled_grads[j]
             if spec.optimizer == "momentum":
                 out = out + decays.gamma.unsqueeze(-1) * (u @ S0[j])
-            return out
+            return out if scales is None else scales[j] * out
 
         return matmul
 
     return memories.forward(spec.memory, q, tuple(read_matmul(j) for j in range(len(A0))))[0]
 
 
-def materialised_chunk(spec, q, k, v, decays, A0, S0):
-    """One chunk with the running accumulators Ã_t formed explicitly (retention lq / kl / elastic)."""
-    momentum = spec.optimizer == "momentum"
-    P = _gradient_point_weights(spec, A0, decays.b)
-    inputs, scaled_grads = _update_factors(spec, k, v, decays, weight_matmuls(P), transposed_matmul(P))
+def _running_accumulators(spec, decays, A0, S0, inputs, scaled_grads):
+    """Ã_t = b_t A0 + γ_t S0 − Σ_{i≤t} M_{ti} η_i G_i for every t of the chunk, [B, H, C, Din, Dout] per weight."""
     running = []
     for j, (x, d) in enumerate(zip(inputs, scaled_grads)):
-        updates = torch.einsum("bhti,bhix,bhiy->bhtxy", decays.mix, x, d)
+        # Σ_i M_ti x_i ⊗ d_i = Xᵀ (M_t ⊙ D) for every t: one batched matmul, no per-token outer products
+        updates = x.transpose(-1, -2).unsqueeze(2) @ (decays.mix.unsqueeze(-1) * d.unsqueeze(2))
         A_t = decays.b[..., None, None] * A0[j].unsqueeze(2) - updates
-        if momentum:
+        if spec.optimizer == "momentum":
             A_t = A_t + decays.gamma[..., None, None] * S0[j].unsqueeze(2)
         running.append(A_t)
+    return running
+
+
+def _abs_power(A, q):
+    """|A|^q, with q = 2 and q = 4 (Moneta's) as A² and (A²)²: pow's generic path is several times slower,
+    forward and backward."""
+    if q == 2:
+        return A.square()
+    if q == 4:
+        return A.square().square()
+    return A.abs().pow(q)
+
+
+def lq_scale(spec, A):
+    """1 / max(‖A‖_q, ε)^{q−2} over the last two axes, kept as [..., 1]: lq's N(A) = lq_scale(A) · A."""
+    power_sum = _abs_power(A, spec.q).sum((-2, -1)).unsqueeze(-1)
+    q_norm = power_sum.clamp_min(torch.finfo(A.dtype).tiny).pow(1.0 / spec.q).clamp_min(spec.eps)
+    return q_norm.pow(2.0 - spec.q)
+
+
+def _lq_gradient_point_matmuls(spec, A0, b):
+    """Matmuls at P_t = N(A0) (previous) or N(b_t A0) = b_t A0 / max(b_t ‖A0‖_q, ε)^{q−2} (retained):
+    scalar multiples c_t A0, never materialised per token."""
+    if spec.grad_at == "previous":
+        scales = tuple(lq_scale(spec, A_j).unsqueeze(-1) for A_j in A0)  # [B, H, 1, 1]
+    else:
+        scales = tuple(b.unsqueeze(-1) * lq_scale(spec, b[..., None, None] * A_j.unsqueeze(2)) for A_j in A0)
+    forward_matmuls = tuple((lambda u, W=W, c=c: c * (u @ W)) for W, c in zip(A0, scales))
+    return forward_matmuls, (lambda u: scales[-1] * (u @ A0[-1].transpose(-1, -2)))
+
+
+def lq_chunk(spec, q, k, v, decays, A0, S0):
+    """One chunk with lq retention: dual-form reads divided by s_t = max(‖Ã_t‖_q, ε)^{q−2}."""
+    inputs, scaled_grads = _update_factors(spec, k, v, decays, *_lq_gradient_point_matmuls(spec, A0, decays.b))
+    running = _running_accumulators(spec, decays, A0, S0, inputs, scaled_grads)
+    scales = tuple(lq_scale(spec, A_t) for A_t in running)
+    o = dual_read(spec, q, decays, A0, S0, inputs, scaled_grads, scales)
+    A = tuple(A_t[:, :, -1] for A_t in running)
+    S = _momentum_end(decays, S0, inputs, scaled_grads) if spec.optimizer == "momentum" else S0
+    return o, A, S
+
+
+def materialised_chunk(spec, q, k, v, decays, A0, S0):
+    """One chunk with the running accumulators Ã_t formed explicitly (retention kl / elastic; lq: `lq_chunk`)."""
+    if spec.retention == "lq":
+        return lq_chunk(spec, q, k, v, decays, A0, S0)
+    P = _gradient_point_weights(spec, A0, decays.b)
+    inputs, scaled_grads = _update_factors(spec, k, v, decays, weight_matmuls(P), transposed_matmul(P))
+    running = _running_accumulators(spec, decays, A0, S0, inputs, scaled_grads)
     W = tuple(readout(spec, write_map(spec, A_t)) for A_t in running)
     o = memories.forward(spec.memory, q, weight_matmuls(W))[0]
     A = tuple(write_map(spec, A_t[:, :, -1]) for A_t in running)
-    S = _momentum_end(decays, S0, inputs, scaled_grads) if momentum else S0
+    S = _momentum_end(decays, S0, inputs, scaled_grads) if spec.optimizer == "momentum" else S0
     return o, A, S
 
 

@@ -34,3 +34,18 @@ def test_bench_requires_a_command():
         [sys.executable, "-m", "miras_lite.bench"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2 and "command" in result.stderr
+
+
+def test_bench_train_armt_quick(tmp_path):
+    """`bench train --specs armt_qa1 --quick`: trains a tiny ARMT, saves the run, prints accuracy per length."""
+    out = tmp_path / "armt"
+    result = subprocess.run(
+        [sys.executable, "-m", "miras_lite.bench", "train", "--quick", "--specs", "armt_qa1", "--threads", "1",
+         "--armt-out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = [line.split() for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
+    header, rule, *rows = lines
+    assert header == ["context", "samples", "accuracy", "target", "met", "stream", "tok/s", "load"]
+    assert [int(r[0]) for r in rows] == [64, 256] and all(0 <= float(r[2]) <= 1 for r in rows)
+    assert {"checkpoint.pt", "metrics.parquet", "run.json"} <= {p.name for p in out.iterdir()}

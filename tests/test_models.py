@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from miras_lite.models import ARMT, MIXERS, DPFPMemory, MirasLM, dpfp
+from miras_lite.models.blocks import ShortConvMixer
 from miras_lite.spec import MemorySpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,9 +268,9 @@ def test_armt_is_causal():
     assert (a[:, 16:] - b[:, 16:]).abs().amax() > 1e-4  # later segments see it through the memory
 
 
-@pytest.mark.parametrize("memory", ["dpfp", "moneta"])
-def test_armt_stream_equals_forward(memory):
-    model = _armt(memory)
+@pytest.mark.parametrize("memory, conv_size", [("dpfp", 0), ("moneta", 0), ("dpfp", 3)])
+def test_armt_stream_equals_forward(memory, conv_size):
+    model = _armt(memory, conv_size=conv_size)
     x = _ids(2, 8 * 5 + 6, 37)
     context, question = x[:, :-4], x[:, -4:]
     sizes = [3, 0, 11, 8, 1, 5, 100]  # ragged chunks, one empty; the last is cut short by the context end
@@ -343,9 +344,22 @@ def test_armt_gradients_reach_every_parameter(memory):
     assert not silent
 
 
-@pytest.mark.parametrize("memory", ["dpfp", "memora"])
-def test_armt_config_is_json_and_rebuilds(memory):
-    model = _armt(memory, max_segments=10)
+def test_short_conv_mixer_adds_the_last_k_tokens():
+    """ShortConvMixer(identity): y_t = x_t + Σ_{j<K} w_j ⊙ x_{t−j}, from the conv weights by hand."""
+    torch.manual_seed(0)
+    mixer = ShortConvMixer(torch.nn.Identity(), 5, 3)
+    x = torch.randn(2, 9, 5)
+    w = mixer.conv.conv.weight[:, 0]  # [channels, K]; w[:, K−1] multiplies x_t
+    expected = x.clone()
+    for t in range(9):
+        for j in range(min(3, t + 1)):
+            expected[:, t] += w[:, 2 - j] * x[:, t - j]
+    torch.testing.assert_close(mixer(x), expected)
+
+
+@pytest.mark.parametrize("memory, conv_size", [("dpfp", 0), ("memora", 0), ("dpfp", 4)])
+def test_armt_config_is_json_and_rebuilds(memory, conv_size):
+    model = _armt(memory, max_segments=10, conv_size=conv_size)
     clone = ARMT(**json.loads(json.dumps(model.config)))
     clone.load_state_dict(model.state_dict())
     x = _ids(1, 20, 37)
@@ -357,6 +371,8 @@ def test_armt_bad_arguments_and_inputs():
         ARMT(10, memory="hopfield")
     with pytest.raises(ValueError, match="segment_size"):
         ARMT(10, segment_size=0)
+    with pytest.raises(ValueError, match="conv_size"):
+        ARMT(10, conv_size=-1)
     with pytest.raises(ValueError, match="mem_heads"):
         ARMT(10, d_model=32, mem_heads=3)
     model = _armt(max_segments=2)

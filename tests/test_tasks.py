@@ -438,6 +438,32 @@ def test_babilong_batch_and_task():
     assert task.evaluate(Oracle()) == {"accuracy": 1.0}
 
 
+@pytest.mark.parametrize("task", TASKS)
+def test_babilong_all_questions_batches(task):
+    """questions="all": the context, then every answerable question of the story (the sample's own first),
+    each answered (by the independent reader) at its <ans>; the one-question batch is its prefix."""
+    multi, one = BabiLong(task, 80, seed=2, questions="all"), BabiLong(task, 80, seed=2)
+    x, y = multi.batch(6, 3)
+    x1, y1 = one.batch(6, 3)
+    tok = multi.tokenizer
+    asked = 0
+    for i in range(6):
+        sample = babilong_sample(task, 80, (2, 0, 3, i), tokenizer=tok)
+        row, labels = x[i][x[i] != tok.pad_id], y[i][x[i] != tok.pad_id]
+        assert torch.equal(row[:len(x1[i][x1[i] != tok.pad_id])], x1[i][x1[i] != tok.pad_id])
+        questions = tok.decode(row[sample.context_length:]).split("<q> ")[1:]
+        at = (labels != IGNORE).nonzero().flatten()
+        assert len(questions) == len(at) >= 1 and (row[at] == tok.ans_id).all()
+        for text, label in zip(questions, labels[at]):
+            question = text.split(" <ans>")[0]
+            assert tok.id_to_token[int(label)] == _answer(sample.facts, question)
+        assert len(set(questions)) == len(questions) and questions[0].startswith(sample.question)
+        asked += len(questions)
+    assert asked > 6 and (y1 != IGNORE).sum() == 6
+    with pytest.raises(ValueError, match="questions"):
+        BabiLong(task, questions="some")
+
+
 def test_babilong_accuracy_streams_segments():
     tok = WordTokenizer.default()
 

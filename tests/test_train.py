@@ -333,6 +333,21 @@ def test_cli_train_then_eval(tmp_path):
     assert all(0 <= float(r[1]) <= 1 for r in rows)
 
 
+def test_cli_babilong_armt_stages_advance_on_the_loss(tmp_path):
+    """The ARMT qa1 recipe's options end to end: staged lengths advancing on the loss, every question asked,
+    the conv; the run is saved with them and `eval --lengths` streams it."""
+    out = tmp_path / "armt"
+    _run("-m", "miras_lite", "train", "--task", "babilong", "--model", "armt", "--context-length", "40",
+         "--curriculum", "0:0,500:24,900:40", "--advance-below", "100", "--questions", "all", "--conv-size", "3",
+         "--steps", "12", "--batch-size", "2", "--d-model", "16", "--layers", "1", "--segment-size", "16",
+         "--mem-tokens", "2", "--test-examples", "4", "--threads", "1", "--quiet", "--out", str(out))
+    model = ml.load(out / "checkpoint.pt")
+    assert model.config["conv_size"] == 3
+    assert json.loads((out / "run.json").read_text())["task"]["questions"] == "all"
+    result = _run("-m", "miras_lite", "eval", str(out), "--lengths", "64", "--samples", "2", "--threads", "1")
+    assert "streamed accuracy" in result.stdout
+
+
 def test_cli_spec_parsing():
     from miras_lite.__main__ import parse_spec
 
@@ -343,7 +358,7 @@ def test_cli_spec_parsing():
 
 def test_bench_train_quick_table():
     result = _run("-m", "miras_lite.bench", "train", "--quick", "--threads", "1", "--final-examples", "16",
-                  "--eval-examples", "16")
+                  "--eval-examples", "16", "--specs", "gated_deltanet", "lp+lq")
     lines = [line.split() for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
     header, rule, *rows = lines
     assert header[:3] == ["spec", "target_s", "time_to_0.99_s"] and "final_acc" in header and header[-1] == "met"

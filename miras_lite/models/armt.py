@@ -28,12 +28,13 @@ import torch
 from torch import nn
 
 from ..layers import AttentionLayer
-from .blocks import Block, check_int, check_tokens, default_ffn_hidden, init_ffn_, lm_output, resolve_spec, spec_config
+from .blocks import (ShortConvMixer, TokenLM, check_int, default_ffn_hidden, lm_output, residual_blocks, resolve_spec,
+                     spec_config)
 from .dpfp import DPFPMemory
 from .spec_memory import SpecMemory
 
 
-class ARMT(nn.Module):
+class ARMT(TokenLM):
     """Segment-recurrent transformer with a per-layer associative memory (module docstring).
 
     Args:
@@ -51,6 +52,10 @@ class ARMT(nn.Module):
         d_mem:          "dpfp" only: width of the query/key projections before DPFP (default d_model).
         dpfp_nu:        "dpfp" only: the DPFP order ν (3).
         ffn_hidden, tie_weights: as `MirasLM`.
+        conv_size:      K > 0 puts a depthwise causal convolution over K tokens in front of every attention
+                        (`ShortConvMixer`; not in the paper, whose blocks are GPT-2's): a small model trained
+                        from scratch then binds neighbouring tokens (a bAbI fact's person and place) at once
+                        instead of after a long plateau. 0 (default): the paper's blocks.
 
     ``forward(input_ids [B, T], labels=None, memory_state=None)`` -> dict with ``loss``, ``logits``
     (``[B, T, V]``, or ``[N, V]`` at the labelled positions as in `MirasLM`), ``memory_state`` (a list
@@ -62,16 +67,14 @@ class ARMT(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, num_heads: int = 2,
                  segment_size: int = 64, num_mem_tokens: int = 8, memory="dpfp", max_segments: int | None = None,
                  mem_heads: int | None = None, d_mem: int | None = None, dpfp_nu: int = 3,
-                 ffn_hidden: int | None = None, tie_weights: bool = True):
-        super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers),
-                            ("num_heads", num_heads), ("segment_size", segment_size),
+                 ffn_hidden: int | None = None, tie_weights: bool = True, conv_size: int = 0):
+        super().__init__(vocab_size, d_model, tie_weights)
+        for name, value in (("n_layers", n_layers), ("num_heads", num_heads), ("segment_size", segment_size),
                             ("num_mem_tokens", num_mem_tokens), ("dpfp_nu", dpfp_nu)):
             check_int(name, value)
         if max_segments is not None:
             check_int("max_segments", max_segments)
-        if not isinstance(tie_weights, bool):
-            raise ValueError(f"tie_weights={tie_weights!r} must be True or False")
+        check_int("conv_size", conv_size, minimum=0)
         ffn_hidden = default_ffn_hidden(d_model) if ffn_hidden is None else ffn_hidden
         check_int("ffn_hidden", ffn_hidden)
         if memory == "dpfp":
@@ -94,33 +97,20 @@ class ARMT(nn.Module):
             make_memory = lambda: SpecMemory(d_model, mem_heads, spec)  # noqa: E731
             memory_config = spec_config(spec)
 
-        self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
+        self.n_layers = n_layers
         self.segment_size, self.num_mem_tokens, self.max_segments = segment_size, num_mem_tokens, max_segments
-        self.embed = nn.Embedding(vocab_size, d_model)
-        nn.init.normal_(self.embed.weight, std=0.02)
         self.mem_tokens = nn.Parameter(torch.randn(num_mem_tokens, d_model) * 0.02)
-        self.blocks = nn.ModuleList(Block(d_model, AttentionLayer(d_model, num_heads), ffn_hidden)
-                                    for _ in range(n_layers))
-        for block in self.blocks:
-            init_ffn_(block, n_layers=n_layers)
+        mixers = [AttentionLayer(d_model, num_heads) for _ in range(n_layers)]
+        if conv_size:
+            mixers = [ShortConvMixer(attention, d_model, conv_size) for attention in mixers]
+        self.blocks = residual_blocks(d_model, mixers, ffn_hidden)
         self.memories = nn.ModuleList(make_memory() for _ in range(n_layers))
-        self.norm = nn.RMSNorm(d_model, eps=1e-5)
-        self.lm_head = None
-        if not tie_weights:
-            self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-            nn.init.normal_(self.lm_head.weight, std=0.02)
         self.config = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, num_heads=num_heads,
                            segment_size=segment_size, num_mem_tokens=num_mem_tokens, memory=memory_config,
                            max_segments=max_segments, mem_heads=mem_heads, d_mem=d_mem, dpfp_nu=dpfp_nu,
-                           ffn_hidden=ffn_hidden, tie_weights=tie_weights)
+                           ffn_hidden=ffn_hidden, tie_weights=tie_weights, conv_size=conv_size)
 
     # ---------------------------------------------------------------------------------- pieces
-
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits ``h Eᵀ`` (tied) or ``lm_head(h)``."""
-        if self.lm_head is not None:
-            return self.lm_head(h)
-        return h @ self.embed.weight.t()
 
     def initial_state(self, batch_size: int, device=None, dtype=torch.float32) -> list:
         """The empty memory of every layer (what ``memory_state=None`` means)."""
@@ -154,12 +144,7 @@ class ARMT(nn.Module):
         runs only on labelled positions. ``memory_state`` continues from a previous call: processing
         ``x[:, :k·S]`` and then ``x[:, k·S:]`` with the returned state equals processing ``x`` at once.
         """
-        check_tokens("input_ids", input_ids, self.vocab_size)
-        if labels is not None:
-            check_tokens("labels", labels, self.vocab_size, allow_ignore=True)
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels has shape {tuple(labels.shape)}; it must equal input_ids' shape "
-                                 f"{tuple(input_ids.shape)} (one label per position, -100 where there is none)")
+        self.check_inputs(input_ids, labels)
         B, T = input_ids.shape
         n_segments = -(-T // self.segment_size)
         if self.max_segments is not None and n_segments > self.max_segments:

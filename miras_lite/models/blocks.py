@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import CausalDepthwiseConv1d
 from ..spec import MemorySpec, preset
 
 IGNORE_INDEX = -100
@@ -74,11 +75,69 @@ class Block(nn.Module):
         return h + self.ffn(self.norm2(h))
 
 
+class ShortConvMixer(nn.Module):
+    """``mixer(x + ShortConv(x))``: a depthwise causal convolution over the last K tokens
+    (``y_t = x_t + Σ_{j<K} w_j ⊙ x_{t−j}``) in front of a token mixer, so every token already carries
+    its K − 1 predecessors (e.g. a bAbI place token its sentence's person) before attention."""
+
+    def __init__(self, mixer: nn.Module, d_model: int, kernel_size: int):
+        super().__init__()
+        self.conv = CausalDepthwiseConv1d(d_model, kernel_size)
+        self.mixer = mixer
+
+    def forward(self, x):
+        return self.mixer(x + self.conv(x)[0])
+
+
 def init_ffn_(block: Block, std: float = 0.02, n_layers: int = 1):
     """nanoGPT-style init of the feed-forward weights: N(0, std²), the residual projection scaled by
     1/√(2·n_layers). The mixers keep their own initialisation (`MirasLayer` sets its gate biases)."""
     nn.init.normal_(block.ffn.gate_up.weight, std=std)
     nn.init.normal_(block.ffn.down.weight, std=std / math.sqrt(2 * n_layers))
+
+
+class TokenLM(nn.Module):
+    """The ends every language model here shares: the token embedding E ∈ R^{V×d} (N(0, 0.02²)), the
+    final RMSNorm and the output head, ``logits = RMSNorm(h) Eᵀ`` (tied) or ``RMSNorm(h) W_outᵀ``
+    (``tie_weights=False``: an untied bias-free Linear, N(0, 0.02²)). Subclasses build the blocks."""
+
+    def __init__(self, vocab_size: int, d_model: int, tie_weights: bool):
+        super().__init__()
+        check_int("vocab_size", vocab_size)
+        check_int("d_model", d_model)
+        if not isinstance(tie_weights, bool):
+            raise ValueError(f"tie_weights={tie_weights!r} must be True or False")
+        self.vocab_size, self.d_model = vocab_size, d_model
+        self.embed = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.norm = nn.RMSNorm(d_model, eps=1e-5)
+        self.lm_head = None
+        if not tie_weights:
+            self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+            nn.init.normal_(self.lm_head.weight, std=0.02)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits ``h Eᵀ`` (tied) or ``lm_head(h)``."""
+        if self.lm_head is not None:
+            return self.lm_head(h)
+        return h @ self.embed.weight.t()
+
+    def check_inputs(self, input_ids, labels):
+        """``input_ids`` [B, T] token ids and ``labels`` (None or the same shape, -100 = no label)."""
+        check_tokens("input_ids", input_ids, self.vocab_size)
+        if labels is not None:
+            check_tokens("labels", labels, self.vocab_size, allow_ignore=True)
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels has shape {tuple(labels.shape)}; it must equal input_ids' shape "
+                                 f"{tuple(input_ids.shape)} (one label per position, -100 where there is none)")
+
+
+def residual_blocks(d_model: int, mixers, ffn_hidden: int) -> nn.ModuleList:
+    """One `Block` per mixer, its feed-forward weights initialised by `init_ffn_`."""
+    blocks = nn.ModuleList(Block(d_model, mixer, ffn_hidden) for mixer in mixers)
+    for block in blocks:
+        init_ffn_(block, n_layers=len(blocks))
+    return blocks
 
 
 def check_tokens(name, ids, vocab_size, allow_ignore=False):

@@ -12,15 +12,14 @@ alternate: `MirasLayer` at even indices 0, 2, ..., sliding-window attention at o
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..layers import AttentionLayer, MirasLayer
-from .blocks import Block, check_int, check_tokens, default_ffn_hidden, init_ffn_, lm_output, resolve_spec, spec_config
+from .blocks import TokenLM, check_int, default_ffn_hidden, lm_output, residual_blocks, resolve_spec, spec_config
 
 MIXERS = ("miras", "attention", "sliding", "hybrid")
 
 
-class MirasLM(nn.Module):
+class MirasLM(TokenLM):
     """Causal language model: embedding, ``n_layers`` pre-norm blocks, final RMSNorm, (tied) head.
 
     Args:
@@ -54,16 +53,12 @@ class MirasLM(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, num_heads: int = 2,
                  mixer: str = "miras", spec="gated_deltanet", chunk_size: int | str | None = "auto", window: int = 64,
                  tie_weights: bool = True, ffn_hidden: int | None = None, miras_kwargs: dict | None = None):
-        super().__init__()
-        check_int("vocab_size", vocab_size)
-        check_int("d_model", d_model)
+        super().__init__(vocab_size, d_model, tie_weights)
         check_int("n_layers", n_layers)
         check_int("num_heads", num_heads)
         check_int("window", window)
         if mixer not in MIXERS:
             raise ValueError(f"mixer={mixer!r} is not supported; allowed values: {', '.join(map(repr, MIXERS))}")
-        if not isinstance(tie_weights, bool):
-            raise ValueError(f"tie_weights={tie_weights!r} must be True or False")
         ffn_hidden = default_ffn_hidden(d_model) if ffn_hidden is None else ffn_hidden
         check_int("ffn_hidden", ffn_hidden)
         if miras_kwargs is not None and not isinstance(miras_kwargs, dict):
@@ -74,20 +69,9 @@ class MirasLM(nn.Module):
             miras_kwargs.setdefault("alpha_mode", "constant" if spec == "retnet" else "data")
         spec = resolve_spec("spec", spec)
 
-        self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
-        self.mixer, self.spec = mixer, spec
-        self.embed = nn.Embedding(vocab_size, d_model)
-        nn.init.normal_(self.embed.weight, std=0.02)
-        self.blocks = nn.ModuleList(
-            Block(d_model, self._mixer(i, d_model, num_heads, spec, chunk_size, window, miras_kwargs), ffn_hidden)
-            for i in range(n_layers))
-        for block in self.blocks:
-            init_ffn_(block, n_layers=n_layers)
-        self.norm = nn.RMSNorm(d_model, eps=1e-5)
-        self.lm_head = None
-        if not tie_weights:
-            self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-            nn.init.normal_(self.lm_head.weight, std=0.02)
+        self.n_layers, self.mixer, self.spec = n_layers, mixer, spec
+        self.blocks = residual_blocks(d_model, [self._mixer(i, d_model, num_heads, spec, chunk_size, window, miras_kwargs)
+                                                for i in range(n_layers)], ffn_hidden)
         self.config = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, num_heads=num_heads,
                            mixer=mixer, spec=spec_config(spec), chunk_size=chunk_size, window=window,
                            tie_weights=tie_weights, ffn_hidden=ffn_hidden, miras_kwargs=miras_kwargs)
@@ -99,19 +83,8 @@ class MirasLM(nn.Module):
             return AttentionLayer(d_model, num_heads)
         return AttentionLayer(d_model, num_heads, window=window)
 
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits ``h Eᵀ`` (tied) or ``lm_head(h)``."""
-        if self.lm_head is not None:
-            return self.lm_head(h)
-        return h @ self.embed.weight.t()
-
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
-        check_tokens("input_ids", input_ids, self.vocab_size)
-        if labels is not None:
-            check_tokens("labels", labels, self.vocab_size, allow_ignore=True)
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels has shape {tuple(labels.shape)}; it must equal input_ids' shape "
-                                 f"{tuple(input_ids.shape)} (one label per position, -100 where there is none)")
+        self.check_inputs(input_ids, labels)
         h = self.embed(input_ids)
         for block in self.blocks:
             h = block(h)

@@ -223,7 +223,8 @@ def _resolve_tokenizer(tokenizer, filler):
 
 
 def _simulate(task, rng):
-    """One random story -> (facts, question, answer) or None when no question is answerable."""
+    """One random story -> (facts, every answerable (question, answer), the drawn one first) or None
+    when no question is answerable."""
     lo, hi, p_drop, p_take = _STORY[task]
     where, holder, obj_at = {}, {}, {o: None for o in OBJECTS}
     trail = {o: [] for o in OBJECTS}  # the places an object has been, consecutive repeats removed
@@ -264,8 +265,8 @@ def _simulate(task, rng):
                    for i in range(1, len(t)) if t.count(t[i]) == 1]
     if not options:
         return None
-    question, answer = options[rng.integers(len(options))]
-    return facts, question, answer
+    chosen = int(rng.integers(len(options)))
+    return facts, [options[chosen], *options[:chosen], *options[chosen + 1:]]
 
 
 def _story(task, rng):
@@ -312,7 +313,8 @@ class BabiLongSample:
 
     facts / fact_ids: the story sentences and their token ids; fact_positions: the context position of
     each fact's first token; question_ids: LongTensor "<q> where is mary ? <ans>"; answer_id: the token the
-    model must output at the last question position; context_length: the exact number of context tokens.
+    model must output at the last question position; context_length: the exact number of context tokens;
+    other_questions: every other answerable question of the story, as (question_ids, answer_id) pairs.
     """
 
     task: str
@@ -328,6 +330,7 @@ class BabiLongSample:
     _filler: object = field(repr=False)
     _filler_seed: object = field(repr=False)
     _offsets: list = field(repr=False)
+    other_questions: list = field(default_factory=list, repr=False)
 
     @property
     def filler_length(self):
@@ -366,6 +369,12 @@ class BabiLongSample:
         return torch.cat([self.context(), self.question_ids])
 
 
+def _question_ids(tokenizer, question):
+    """"<q> where is mary ? <ans>" as a LongTensor."""
+    ids = np.concatenate([[tokenizer.q_id], tokenizer.encode(question), [tokenizer.ans_id]])
+    return torch.from_numpy(ids)
+
+
 def _check_task(task, context_length):
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not supported; allowed values: {', '.join(map(repr, TASKS))}")
@@ -385,28 +394,49 @@ def babilong_sample(task="qa1", context_length=1000, seed=0, filler=None, tokeni
     tok = _resolve_tokenizer(tokenizer, filler)
     entropy = [int(s) for s in (seed if isinstance(seed, (tuple, list)) else (seed,))]
     story_seq, layout_seq, filler_seq = np.random.SeedSequence([TASKS.index(task), *entropy]).spawn(3)
-    facts, question, answer = _story(task, np.random.default_rng(story_seq))
+    facts, questions = _story(task, np.random.default_rng(story_seq))
+    (question, answer), others = questions[0], questions[1:]
     fact_ids = [tok.encode(f) for f in facts]
     fact_tokens = sum(len(f) for f in fact_ids)
     budget = max(0, context_length - fact_tokens)
     offsets = np.sort(np.random.default_rng(layout_seq).integers(0, budget + 1, len(facts))).tolist()
     lengths = np.concatenate([[0], np.cumsum([len(f) for f in fact_ids])[:-1]]).tolist()
-    q_ids = np.concatenate([[tok.q_id], tok.encode(question), [tok.ans_id]])
+    q_ids = _question_ids(tok, question)
     return BabiLongSample(task=task, facts=facts, fact_ids=fact_ids,
                           fact_positions=[o + n for o, n in zip(offsets, lengths)], question=question,
-                          question_ids=torch.from_numpy(q_ids), answer=answer, answer_id=tok.token_to_id[answer],
+                          question_ids=q_ids, answer=answer, answer_id=tok.token_to_id[answer],
                           context_length=budget + fact_tokens, tokenizer=tok, _filler=filler,
-                          _filler_seed=filler_seq, _offsets=offsets)
+                          _filler_seed=filler_seq, _offsets=offsets,
+                          other_questions=[(_question_ids(tok, q), tok.token_to_id[a]) for q, a in others])
+
+
+def _left_pad(rows, fill):
+    """1-D tensors left-padded with `fill` to a common length -> [B, L]."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, width - len(r):] = r
+    return out
 
 
 def _stack(samples, pad_id):
     """Left-pad context + question of each sample to a common length -> (inputs [B, L], answers [B])."""
-    rows = [s.inputs() for s in samples]
-    width = max(len(r) for r in rows)
-    inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        inputs[i, width - len(r):] = r
-    return inputs, torch.tensor([s.answer_id for s in samples], dtype=torch.long)
+    return _left_pad([s.inputs() for s in samples], pad_id), torch.tensor([s.answer_id for s in samples])
+
+
+def _all_questions(sample):
+    """context, then every answerable question with its answer, the sample's own question first:
+    ``... <q> where is mary ? <ans> kitchen <q> where is john ? <ans>`` -> (inputs, labels), labels −100
+    except the answer at each <ans> (the last answer is only a label)."""
+    pairs = [(sample.question_ids, sample.answer_id), *sample.other_questions]
+    inputs, labels = [sample.context()], [torch.full((sample.context_length,), IGNORE)]
+    for n, (question, answer) in enumerate(pairs):
+        given = [] if n == len(pairs) - 1 else [answer]
+        inputs.append(torch.cat([question, torch.tensor(given, dtype=torch.long)]))
+        label = torch.full((len(question) + len(given),), IGNORE)
+        label[len(question) - 1] = answer
+        labels.append(label)
+    return torch.cat(inputs), torch.cat(labels)
 
 
 def babilong_batch(task, context_length, batch_size, seed=0, filler=None, tokenizer=None):
@@ -426,11 +456,20 @@ def babilong_batch(task, context_length, batch_size, seed=0, filler=None, tokeni
 
 class BabiLong:
     """A BABILong-style training task: fresh samples every step (seeded (seed, 0, step)), a fixed test set
-    (seeded (seed, 1)). Set `.context_length` to change the length (a curriculum)."""
+    (seeded (seed, 1)). Set `.context_length` to change the length (a curriculum).
 
-    def __init__(self, task="qa1", context_length=512, filler=None, tokenizer=None, test_examples=200, seed=0):
+    questions: "one" (the benchmark's format: one question, answered at the last position) or "all"
+    (training batches end with every answerable question of the story, each followed by its answer, the
+    sample's own question first: up to 4 labels per qa1 story instead of 1). The test set is always "one".
+    """
+
+    def __init__(self, task="qa1", context_length=512, filler=None, tokenizer=None, test_examples=200, seed=0,
+                 questions="one"):
         _check_task(task, context_length)
+        if questions not in ("one", "all"):
+            raise ValueError(f"questions={questions!r} is not supported; allowed values: 'one', 'all'")
         self.task, self.context_length, self.seed, self.test_examples = task, context_length, seed, test_examples
+        self.questions = questions
         self.filler = _resolve_filler(filler)
         self.tokenizer = _resolve_tokenizer(tokenizer, self.filler)
 
@@ -444,9 +483,14 @@ class BabiLong:
         return inputs, labels
 
     def batch(self, batch_size, step):
-        """(inputs, labels) [B, L]: labels −100 except the answer at the last position."""
-        return self._labelled(*babilong_batch(self.task, self.context_length, batch_size, (self.seed, 0, step),
-                                              self.filler, self.tokenizer))
+        """(inputs, labels) [B, L]: labels −100 except the answer at the last position (questions="all": at
+        the end of every question)."""
+        if self.questions == "one":
+            return self._labelled(*babilong_batch(self.task, self.context_length, batch_size, (self.seed, 0, step),
+                                                  self.filler, self.tokenizer))
+        rows = [_all_questions(babilong_sample(self.task, self.context_length, (self.seed, 0, step, i), self.filler,
+                                               self.tokenizer)) for i in range(batch_size)]
+        return _left_pad([r[0] for r in rows], self.tokenizer.pad_id), _left_pad([r[1] for r in rows], IGNORE)
 
     def sample(self, index, context_length=None):
         """Test sample `index` at any context length (the same story at every length)."""
