@@ -37,7 +37,7 @@ from . import memories
 from .bias import bias_gradient
 from .fused_dual import FusedDualScan, fused_applies
 from .recurrent import implicit_step, transposed_matmul, weight_matmuls
-from .retention import readout, write_map
+from .retention import lq_scale, readout, write_map
 
 
 class ChunkDecays(NamedTuple):
@@ -182,23 +182,6 @@ def _running_accumulators(spec, decays, A0, S0, inputs, scaled_grads):
             A_t = A_t + decays.gamma[..., None, None] * S0[j].unsqueeze(2)
         running.append(A_t)
     return running
-
-
-def _abs_power(A, q):
-    """|A|^q, with q = 2 and q = 4 (Moneta's) as A² and (A²)²: pow's generic path is several times slower,
-    forward and backward."""
-    if q == 2:
-        return A.square()
-    if q == 4:
-        return A.square().square()
-    return A.abs().pow(q)
-
-
-def lq_scale(spec, A):
-    """1 / max(‖A‖_q, ε)^{q−2} over the last two axes, kept as [..., 1]: lq's N(A) = lq_scale(A) · A."""
-    power_sum = _abs_power(A, spec.q).sum((-2, -1)).unsqueeze(-1)
-    q_norm = power_sum.clamp_min(torch.finfo(A.dtype).tiny).pow(1.0 / spec.q).clamp_min(spec.eps)
-    return q_norm.pow(2.0 - spec.q)
 
 
 def _lq_gradient_point_matmuls(spec, A0, b):

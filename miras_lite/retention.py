@@ -19,12 +19,27 @@ def write_map(spec, A):
     return A
 
 
+def _abs_power(A, q):
+    """|A|^q, with q = 2 and q = 4 (Moneta's) as A² and (A²)²: pow's generic path is several times slower,
+    forward and backward."""
+    if q == 2:
+        return A.square()
+    if q == 4:
+        return A.square().square()
+    return A.abs().pow(q)
+
+
+def lq_scale(spec, A):
+    """1 / max(‖A‖_q, ε)^{q−2} over the last two axes, kept as [..., 1]: lq's N(A) = lq_scale(A) · A."""
+    power_sum = _abs_power(A, spec.q).sum((-2, -1)).unsqueeze(-1)
+    q_norm = power_sum.clamp_min(torch.finfo(A.dtype).tiny).pow(1.0 / spec.q).clamp_min(spec.eps)
+    return q_norm.pow(2.0 - spec.q)
+
+
 def readout(spec, A):
     """N(A): the memory W that the accumulator A stands for."""
     if spec.retention == "lq":
-        power_sum = A.abs().pow(spec.q).sum((-2, -1), keepdim=True)
-        q_norm = power_sum.clamp_min(torch.finfo(A.dtype).tiny).pow(1.0 / spec.q).clamp_min(spec.eps)
-        return A / q_norm.pow(spec.q - 2.0)
+        return lq_scale(spec, A).unsqueeze(-1) * A
     if spec.retention == "kl":
         return spec.simplex_scale * torch.softmax(A, dim=-2)
     return A
