@@ -1,4 +1,4 @@
-"""Command line: ``python -m miras_lite train ...`` and ``python -m miras_lite eval RUN_DIR ...``.
+"""Command line: ``python -m miras_lite train|eval|sweep|report ...``.
 
     python -m miras_lite train --task mqar --preset gated_deltanet --steps 2000 --out runs/gdn
     python -m miras_lite train --task mqar --spec bias=lp,retention=lq --chunk-size 8 --out runs/lplq
@@ -10,7 +10,8 @@
 `train` builds the task and the model (`MirasLM`, or `ARMT` with ``--model armt``), runs
 `miras_lite.train.fit` with a progress bar on stderr and prints a summary; RUN_DIR receives
 checkpoint.pt, metrics.parquet and run.json (the command's task / model / training arguments, which
-`eval` reads back).
+`eval` reads back). ``sweep SWEEP.toml`` runs an Optuna sweep (`miras_lite.sweeps`) and
+``report notebooks/NAME.py -o report.html`` writes an offline HTML report (`miras_lite.reports`).
 """
 
 from __future__ import annotations
