@@ -137,6 +137,16 @@ def _chunk_decays(g_ptr, bh, T, t0, BT: tl.constexpr):
 
 
 @triton.jit
+def _decayed_scores(q, k, bh, H, T, Dk, t0, rows, valid, g, BT: tl.constexpr, BK: tl.constexpr,
+                    TOKEN_MAJOR: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """The chunk's queries Q and its causal, decayed scores (Q Kᵀ) ⊙ D, D_ij = e^{g_i − g_j} for i ≥ j."""
+    queries = _load_tile(q, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
+    keys = _load_tile(k, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
+    causal = (rows[:, None] >= rows[None, :]) & valid[:, None]
+    return queries, _mm(queries, tl.trans(keys), DTYPE, PRECISION) * _decay(g, g, causal)
+
+
+@triton.jit
 def _rate(ptr, bh, T, t0, rows, valid):
     """A per-token float32 rate of the chunk at t0, 0 past the sequence's end."""
     return tl.load(ptr + bh * T + t0 + rows, mask=valid, other=0.0)
@@ -228,10 +238,7 @@ def _output_fwd(q, k, u, g_ptr, states, o, H, T, Dk, Dv, N,
     v0, n, bh = tl.program_id(0) * BV, tl.program_id(1), tl.program_id(2).to(tl.int64)
     t0 = n * BT
     rows, valid, g, _ = _chunk_decays(g_ptr, bh, T, t0, BT)
-    queries = _load_tile(q, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
-    keys = _load_tile(k, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
-    causal = (rows[:, None] >= rows[None, :]) & valid[:, None]
-    scores = _mm(queries, tl.trans(keys), DTYPE, PRECISION) * _decay(g, g, causal)
+    queries, scores = _decayed_scores(q, k, bh, H, T, Dk, t0, rows, valid, g, BT, BK, TOKEN_MAJOR, DTYPE, PRECISION)
     memory = _load_memory(states + (bh * N + n) * Dk * Dv, Dk, Dv, v0, BK, BV)
     u_n = _load_tile(u, bh, H, T, Dv, t0, v0, BT, BV, TOKEN_MAJOR)
     out = tl.exp(g)[:, None] * _mm(queries, memory, DTYPE, PRECISION) + _mm(scores, u_n, DTYPE, PRECISION)
@@ -250,10 +257,7 @@ def _output_local_bwd(q, k, g_ptr, do, du_local, H, T, Dk, Dv,
     v0, n, bh = tl.program_id(0) * BV, tl.program_id(1), tl.program_id(2).to(tl.int64)
     t0 = n * BT
     rows, valid, g, _ = _chunk_decays(g_ptr, bh, T, t0, BT)
-    queries = _load_tile(q, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
-    keys = _load_tile(k, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
-    causal = (rows[:, None] >= rows[None, :]) & valid[:, None]
-    scores = _mm(queries, tl.trans(keys), DTYPE, PRECISION) * _decay(g, g, causal)
+    _, scores = _decayed_scores(q, k, bh, H, T, Dk, t0, rows, valid, g, BT, BK, TOKEN_MAJOR, DTYPE, PRECISION)
     do_n = _load_tile(do, bh, H, T, Dv, t0, v0, BT, BV, TOKEN_MAJOR)
     _store_tile(du_local, bh, H, T, Dv, t0, v0, _mm(tl.trans(scores), do_n, DTYPE, PRECISION), BT, BV, TOKEN_MAJOR)
 

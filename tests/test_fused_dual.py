@@ -21,17 +21,9 @@ import miras_lite as ml
 import miras_lite.scan
 from miras_lite.chunked import chunked_scan
 from miras_lite.spec import MemorySpec
+from cases import BIASES
 from reference import random_inputs
 
-BIASES = [
-    dict(bias="dot"),
-    dict(bias="l2"),
-    dict(bias="lp", p=3.0),
-    dict(bias="huber", huber_mode="coord", delta=0.4),
-    dict(bias="huber", huber_mode="norm", delta=1.0),
-    dict(bias="huber", huber_mode="mixture", delta=1.0),
-    dict(bias="robust", robust_delta=0.5),
-]
 SPECS = [MemorySpec(retention=retention, optimizer="gd", grad_at=grad_at, **fields)
          for fields in BIASES for retention in ("none", "l2") for grad_at in ("previous", "retained")]
 SPECS += [MemorySpec(bias="l2", retention=retention, optimizer="implicit", grad_at=grad_at)

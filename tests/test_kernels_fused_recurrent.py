@@ -24,15 +24,8 @@ import miras_lite as ml
 from kernels import fused_recurrent
 from miras_lite.spec import MemorySpec
 
-BIASES = [
-    dict(bias="dot"),
-    dict(bias="l2"),
-    dict(bias="lp", p=3.0),
-    dict(bias="huber", huber_mode="coord", delta=0.4),
-    dict(bias="huber", huber_mode="norm", delta=1.0),
-    dict(bias="huber", huber_mode="mixture", delta=1.0),
-    dict(bias="robust", robust_delta=0.5),
-]
+from cases import BIASES
+
 RETENTIONS = [dict(retention="none"), dict(retention="l2"), dict(retention="lq", q=4.0), dict(retention="kl"),
               dict(retention="elastic", gamma=0.01)]
 STEPS = [("gd", "previous"), ("momentum", "retained"), ("gd", "retained"), ("momentum", "previous")]
