@@ -21,12 +21,12 @@ Writes a parquet file and an Altair chart (HTML) and prints the issue's ratios n
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 import torch
 
+from miras_lite.bench import fastest_seconds
 from miras_lite.recurrent import exact_scan
 from miras_lite.scan import memory_scan
 from miras_lite.spec import MemorySpec, preset
@@ -118,19 +118,16 @@ def _inputs(B, T, H, D, dtype, device, seed=0):
 
 
 def _seconds(fn, repeats, device):
-    """Fastest wall-clock seconds of fn() after one warm-up call (which also compiles / autotunes): the
-    least disturbed by other processes."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+    """Fastest seconds of fn() after one warm-up call (which also compiles / autotunes); on a GPU every
+    call waits for the device to finish."""
+
+    def finished():
         fn()
         if device == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+
+    finished()
+    return fastest_seconds(finished, repeats)
 
 
 def _measure(method, spec, run, inputs, repeats, device):

@@ -27,7 +27,7 @@ from .spec import MemorySpec
 # --------------------------------------------------------------------------------------- helpers
 
 
-def _timed(fn, repeats):
+def fastest_seconds(fn, repeats):
     """Fastest wall-clock seconds of `repeats` calls of fn(): the least disturbed by other processes."""
     times = []
     for _ in range(repeats):
@@ -116,12 +116,12 @@ def run_scan(args):
     for name, spec in SCAN_BIASES.items():
         for T in lengths:
             leaves, grad_out = _scan_inputs(T, B, H, D, seed=T)
-            loop = _timed(lambda: _token_loop_step(spec, leaves, grad_out), args.exact_repeats)
+            loop = fastest_seconds(lambda: _token_loop_step(spec, leaves, grad_out), args.exact_repeats)
             exact = "-"
             if exact_parallel_update(spec):
-                exact = f"{_timed(lambda: _scan_step(spec, leaves, grad_out, None), args.repeats):.4f}"
+                exact = f"{fastest_seconds(lambda: _scan_step(spec, leaves, grad_out, None), args.repeats):.4f}"
             _scan_step(spec, leaves, grad_out, C)
-            chunked = _timed(lambda: _scan_step(spec, leaves, grad_out, C), args.repeats)
+            chunked = fastest_seconds(lambda: _scan_step(spec, leaves, grad_out, C), args.repeats)
             rows.append((name, T, f"{loop:.4f}", exact, f"{chunked:.4f}", f"{loop / chunked:.1f}x"))
             if args.progress:
                 print(f"# done {name} T={T}", file=sys.stderr, flush=True)
@@ -244,7 +244,7 @@ def _train_one(name, recipe, task_kwargs, warmup_kwargs, args):
 def _timed_backward(fn, repeats):
     """Fastest seconds of forward + backward of fn() (a scalar), after one warm-up call."""
     fn().backward()
-    return _timed(lambda: fn().backward(), repeats)
+    return fastest_seconds(lambda: fn().backward(), repeats)
 
 
 def _profile_step(name, recipe, task_kwargs, args, out=sys.stdout):
@@ -274,7 +274,7 @@ def _profile_step(name, recipe, task_kwargs, args, out=sys.stdout):
 
     step()
     parts = {
-        "whole step (forward + backward + AdamW)": _timed(step, args.repeats),
+        "whole step (forward + backward + AdamW)": fastest_seconds(step, args.repeats),
         f"  {args.layers} x MirasLayer": args.layers * _timed_backward(lambda: layer(h).square().mean(), args.repeats),
         f"    of which {args.layers} x memory_scan": args.layers * _timed_backward(lambda: memory_scan(
             *leaves, eta=rates[0], alpha=rates[1], theta=rates[2], spec=layer.spec,
@@ -284,7 +284,7 @@ def _profile_step(name, recipe, task_kwargs, args, out=sys.stdout):
             lambda: block.norm1(h).square().mean(), args.repeats),
         f"  head + cross-entropy ({int(mask.sum())} labelled positions x V={V})": _timed_backward(
             lambda: torch.nn.functional.cross_entropy(model.head(hidden), y[mask]), args.repeats),
-        "  AdamW step": _timed(opt.step, args.repeats),
+        "  AdamW step": fastest_seconds(opt.step, args.repeats),
     }
     whole = parts["whole step (forward + backward + AdamW)"]
     listed = sum(v for k, v in parts.items() if k.startswith("  ") and not k.startswith("    "))
