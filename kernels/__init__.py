@@ -45,13 +45,11 @@ def kernel_for(spec, chunk_size, return_states):
     from . import chunk_delta, chunk_minibatch, fused_recurrent
 
     candidates = (chunk_delta, fused_recurrent) if chunk_size is None else (chunk_minibatch,)
-    reasons = []
     for module in candidates:
         reason = module.unsupported(spec)
         if reason is None:
             return module.run, None
-        reasons.append(reason)
-    return None, reasons[-1]
+    return None, reason  # the last candidate's: the most general kernel for this kind of scan
 
 
 def device_ready(like: torch.Tensor):

@@ -4,8 +4,6 @@ __generated_with = "0.25.2"
 app = marimo.App(width="medium", app_title="miras-lite: the Triton kernels")
 
 with app.setup(hide_code=True):
-    import kernels  # first: without CUDA this switches the Triton interpreter on before any kernel exists
-
     import time
     from pathlib import Path
 
@@ -15,7 +13,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
-    from kernels import bench
+    from kernels import bench  # without CUDA, importing the package switches the Triton interpreter on
     from miras_lite.ui import quick_mode
 
     QUICK = quick_mode()
