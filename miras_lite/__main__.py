@@ -247,7 +247,7 @@ def run_eval(args):
 
         task = build_task(config)
         print(f"accuracy {task.evaluate(model)['accuracy']:.4f} ({config['task']}, context length "
-              f"{config['context_length']}, {config['test_examples']} held-out samples)")
+              f"{task.context_length}, {task.test_examples} held-out samples)")
         if args.lengths:
             if not hasattr(model, "stream"):
                 raise ValueError("--lengths needs a model with .stream (ARMT)")

@@ -311,6 +311,18 @@ ARMT_QUICK = dict(model=dict(d_model=16, n_layers=1, num_heads=2, segment_size=1
 ARMT_QUICK_EVAL = ((64, 2), (256, 1))
 
 
+def _armt_progress(stages, recipe):
+    """A `fit` callback printing the step, the curriculum's context length and the loss every 50 steps."""
+
+    def report(row):
+        if row["step"] % 50 == 0:
+            print(f"# armt_qa1 step {row['step']} context {recipe['lengths'][stages.current]} loss {row['loss']:.3f} "
+                  f"{row['time_s']:.0f}s {row['cpu_s']:.0f} CPU-s", file=sys.stderr, flush=True)
+        return False  # never asks fit to stop
+
+    return report
+
+
 def _train_armt(recipe, args):
     """ARMT trained by ``recipe`` on one thread, saved to ``args.armt_out`` -> (model, metrics, length reached)."""
     from .models import ARMT
@@ -326,15 +338,14 @@ def _train_armt(recipe, args):
     # the budget is CPU time of this process, which other processes on the machine inflate less than the wall clock
     callbacks = [advance_when(stages, recipe["advance_below"]), lambda row: row["cpu_s"] >= recipe["budget_cpu_s"]]
     if args.progress:
-        callbacks.append(lambda row: row["step"] % 50 == 0 and print(
-            f"# armt_qa1 step {row['step']} context {recipe['lengths'][stages.current]} loss {row['loss']:.3f} "
-            f"{row['time_s']:.0f}s {row['cpu_s']:.0f} CPU-s", file=sys.stderr, flush=True) and False)
+        callbacks.append(_armt_progress(stages, recipe))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the recipe's budget is for one thread (tiny tensors: a second one mostly waits)
     metrics = fit(model, stages, steps=recipe["steps"], batch_size=recipe["batch_size"], lr=recipe["lr"],
                   warmup=recipe["warmup"], eval_every=0, seed=args.seed, out_dir=args.armt_out, callbacks=callbacks)
     torch.set_num_threads(threads)
-    run = {"task": {"name": "babilong", "task": "qa1", "seed": args.seed, "context_length": recipe["lengths"][-1]},
+    run = {"task": {"name": "babilong", "task": "qa1", "seed": args.seed, "context_length": recipe["lengths"][-1],
+                    "test_examples": stages.eval_task.test_examples},
            "model": "ARMT", "recipe": recipe}
     (Path(args.armt_out) / "run.json").write_text(json.dumps(run, indent=2))
     return model, metrics, recipe["lengths"][stages.current]

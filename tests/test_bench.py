@@ -49,3 +49,7 @@ def test_bench_train_armt_quick(tmp_path):
     assert header == ["context", "samples", "accuracy", "target", "met", "stream", "tok/s", "load"]
     assert [int(r[0]) for r in rows] == [64, 256] and all(0 <= float(r[2]) <= 1 for r in rows)
     assert {"checkpoint.pt", "metrics.parquet", "run.json"} <= {p.name for p in out.iterdir()}
+    evaluated = subprocess.run([sys.executable, "-m", "miras_lite", "eval", str(out), "--lengths", "64", "--samples", "2"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert evaluated.returncode == 0, evaluated.stderr[-4000:]
+    assert "held-out samples" in evaluated.stdout and "streamed accuracy vs context length" in evaluated.stdout
