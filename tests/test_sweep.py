@@ -26,6 +26,7 @@ import pytest
 from optuna.trial import TrialState
 
 from miras_lite.sweeps import load_sweep, parse_sweep, prepare, read_trials, run_sweep, work
+from miras_lite.sweeps.objective import objective
 from miras_lite.sweeps.runner import worker_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,6 +255,21 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial_and_its_trial_is_retr
     lost = frame.filter(pl.col("trial") == killed[0]).row(0, named=True)
     assert lost["status"] == "failed" and "no heartbeat" in lost["reason"]
     assert frame.filter(pl.col("retry_of") == killed[0])["status"].to_list() == ["complete"]
+
+
+def test_a_worker_killed_between_writing_metrics_and_finishing_its_trial_shows_the_trial_failed(tmp_path):
+    """The objective writes a trial's metrics before Optuna marks it complete; a worker killed in between
+    leaves a running trial with metrics, which the stale check fails: the frame must say failed."""
+    sweep = tiny_sweep(tmp_path, "half_told", steps=2, seeds=(0,), lrs=(1e-2,))
+    storage = f"sqlite:///{tmp_path / 'half_told.sqlite3'}"
+    study, _ = prepare(sweep, storage)
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        trial = study.ask()
+    recall = objective(sweep)(trial)
+    assert trial.user_attrs["recall"] == recall
+    study.tell(trial.number, state=TrialState.FAIL)  # what the stale check does to it
+    row = read_trials(storage, sweep).row(0, named=True)
+    assert row["status"] == "failed" and "no heartbeat" in row["reason"]
 
 
 def test_a_trial_taken_by_a_worker_that_died_before_starting_it_is_queued_again(tmp_path):

@@ -24,15 +24,18 @@ RECORD = ("trial", "status", "reason", "retry_of", "duration_s", "settings")
 LOST_WORKER = "the worker stopped during the trial (no heartbeat); it is queued again"
 
 
-def _status(trial):
-    if "status" in trial.user_attrs:
-        return trial.user_attrs["status"]
+def trial_status(trial):
+    """The trial's status column: its Optuna state, or "diverged" for a failed trial whose run diverged."""
+    # The state decides: a worker killed after writing a trial's metrics but before telling Optuna
+    # leaves them on a trial that the stale check then fails.
+    if trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "diverged":
+        return "diverged"
     return {TrialState.FAIL: "failed", TrialState.RUNNING: "running", TrialState.WAITING: "waiting",
             TrialState.COMPLETE: "complete"}.get(trial.state, trial.state.name.lower())
 
 
 def _reason(trial):
-    if "reason" in trial.user_attrs:
+    if trial_status(trial) == "diverged":
         return trial.user_attrs["reason"]
     return LOST_WORKER if trial.state == TrialState.FAIL else None
 
@@ -42,7 +45,7 @@ def trial_row(trial):
     settings = trial.user_attrs.get("settings")
     spec = settings["spec"] if settings else {}
     duration = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else None
-    return {"trial": trial.number, "status": _status(trial), "reason": _reason(trial),
+    return {"trial": trial.number, "status": trial_status(trial), "reason": _reason(trial),
             "retry_of": trial.system_attrs.get("failed_trial"),
             **json.loads(trial.user_attrs["config_key"]), **{axis: spec.get(axis) for axis in SPEC_AXES},
             **{name: trial.user_attrs.get(name) for name in METRICS}, "duration_s": duration,

@@ -67,7 +67,6 @@ def objective(sweep):
             raise
         for name, value in result.items():
             trial.set_user_attr(name, value)
-        trial.set_user_attr("status", "complete")
         return result["recall"]
 
     return run

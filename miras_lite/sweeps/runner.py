@@ -18,7 +18,7 @@ import torch
 from optuna.exceptions import ExperimentalWarning
 
 from ..train import TrainingDiverged
-from .export import trials_frame
+from .export import trial_status, trials_frame
 from .objective import objective
 from .storage import default_storage, open_study, progress, queue_missing, queued
 
@@ -32,9 +32,8 @@ def prepare(sweep, storage=None):
 def _report(study, trial):
     if "config_key" not in trial.user_attrs:  # a worker that found the queue empty
         return
-    status = trial.user_attrs.get("status", trial.state.name.lower())
     detail = f"recall {trial.value:.3f}" if trial.value is not None else trial.user_attrs.get("reason", "")
-    print(f"trial {trial.number} {status}: {trial.params} {detail}", flush=True)
+    print(f"trial {trial.number} {trial_status(trial)}: {trial.params} {detail}", flush=True)
 
 
 def _stop_when_queue_empty(study, trial):
