@@ -14,6 +14,7 @@ import pwd
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -207,24 +208,32 @@ def test_postgres_sweep_with_two_workers_records_every_trial_and_diverged_ones(t
 # ------------------------------------------------------------------------------------ resilience
 
 
+def _has_heartbeat(database, number):
+    with sqlite3.connect(database) as db:
+        return db.execute("SELECT 1 FROM trial_heartbeats JOIN trials USING (trial_id) WHERE number = ?",
+                          (number,)).fetchone() is not None
+
+
 def test_a_worker_killed_mid_trial_loses_no_finished_trial_and_its_trial_is_retried(tmp_path):
-    sweep = tiny_sweep(tmp_path, "killed", steps=100, seeds=(0, 1, 2), lrs=(1e-2,))
-    storage = f"sqlite:///{tmp_path / 'killed.sqlite3'}"
+    # 1000 steps: a trial lasts about 2 s, far longer than it takes to see it started and kill the worker
+    sweep = tiny_sweep(tmp_path, "killed", steps=1000, seeds=(0, 1, 2), lrs=(1e-2,))
+    database = tmp_path / "killed.sqlite3"
+    storage = f"sqlite:///{database}"
     _, queued = prepare(sweep, storage)
     assert queued == 3
     worker = subprocess.Popen(worker_command(sweep, storage), stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # kill once one trial is finished and the next is training
+        while time.monotonic() < deadline:  # kill once one trial is finished and the next one has its heartbeat
             trials = trials_of(sweep, storage)
             states = [t.state for t in trials]
             if TrialState.COMPLETE in states and any(
-                    t.state == TrialState.RUNNING and "settings" in t.user_attrs for t in trials):
+                    t.state == TrialState.RUNNING and "settings" in t.user_attrs and _has_heartbeat(database, t.number)
+                    for t in trials):
                 break
             time.sleep(0.05)
         else:
             pytest.fail(f"the worker did not finish a trial and start the next within 60 s: {states}")
-        time.sleep(0.3)  # its heartbeat thread, started with the trial, has written a first heartbeat
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     finally:
