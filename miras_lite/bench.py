@@ -158,7 +158,7 @@ TRAIN_RECIPES = {
     "gated_deltanet": dict(spec=dict(preset="gated_deltanet"), target_s=180.0, num_heads=1, chunk_size=None,
                            miras_kwargs=None, lr=1e-2, batch_size=32, warmup=50, switch=1000, switch_below=1.0,
                            steps=1400, train_examples=40_000, eval_every=50),
-    "lp+lq": dict(spec=dict(bias="lp", retention="lq"), target_s=300.0, num_heads=2, chunk_size=8,
+    "lp+lq": dict(spec=dict(bias="lp", retention="lq"), target_s=300.0, num_heads=1, chunk_size=8,
                   miras_kwargs=dict(eta_max=1.0), lr=1e-2, batch_size=32, warmup=50, switch=600, switch_below=None,
                   steps=1300, train_examples=40_000, eval_every=50),
 }
