@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checks import check_int
 from .scan import BACKENDS, MemoryState, exact_parallel_update, memory_scan, mlp_initial_state
 from .spec import MemorySpec, preset
 
@@ -36,20 +37,15 @@ DEFAULT_CHUNK_SIZE = 64
 # argument checks
 
 
-def _check_int(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-
-
 def _head_dim(d_model, num_heads, head_dim):
     """The per-head width: `head_dim`, or d_model // num_heads when that divides evenly."""
-    _check_int("d_model", d_model)
-    _check_int("num_heads", num_heads)
+    check_int("d_model", d_model)
+    check_int("num_heads", num_heads)
     if head_dim is None:
         if d_model % num_heads != 0:
             raise ValueError(f"num_heads={num_heads} must divide d_model={d_model} when head_dim is not given")
         head_dim = d_model // num_heads
-    _check_int("head_dim", head_dim)
+    check_int("head_dim", head_dim)
     return head_dim
 
 
@@ -61,7 +57,7 @@ def _resolve_spec(spec) -> MemorySpec:
     raise ValueError(f"spec={spec!r} must be a MemorySpec or a preset name (str)")
 
 
-def _logit(p: float) -> float:
+def logit(p: float) -> float:
     return math.log(p) - math.log1p(-p)
 
 
@@ -249,7 +245,7 @@ class MirasLayer(nn.Module):
     ):
         super().__init__()
         head_dim = _head_dim(d_model, num_heads, head_dim)
-        _check_int("conv_size", conv_size, minimum=0)
+        check_int("conv_size", conv_size, minimum=0)
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not supported; allowed values: {BACKENDS}")
         if alpha_mode not in ALPHA_MODES:
@@ -299,12 +295,12 @@ class MirasLayer(nn.Module):
 
         # rates
         self.eta_proj = nn.Linear(d_model, H)
-        self._init_gate(self.eta_proj, torch.full((H,), _logit(eta_init / eta_max)))
+        self._init_gate(self.eta_proj, torch.full((H,), logit(eta_init / eta_max)))
         self.uses_alpha = spec.retention != "none"
         self.alpha_proj = None
         self.alpha_logit = None
         lo, hi = alpha_init
-        alpha_bias = torch.linspace(_logit(lo), _logit(hi), H) if H > 1 else torch.tensor([_logit((lo + hi) / 2)])
+        alpha_bias = torch.linspace(logit(lo), logit(hi), H) if H > 1 else torch.tensor([logit((lo + hi) / 2)])
         if self.uses_alpha and alpha_mode == "data":
             self.alpha_proj = nn.Linear(d_model, H)
             self._init_gate(self.alpha_proj, alpha_bias)
@@ -314,7 +310,7 @@ class MirasLayer(nn.Module):
         self.theta_proj = None
         if self.uses_theta:
             self.theta_proj = nn.Linear(d_model, H)
-            self._init_gate(self.theta_proj, torch.full((H,), _logit(theta_init)))
+            self._init_gate(self.theta_proj, torch.full((H,), logit(theta_init)))
         self.delta_proj = None
         if delta_gate:
             self.delta_proj = nn.Linear(d_model, H)
@@ -439,7 +435,7 @@ class AttentionLayer(nn.Module):
         if head_dim % 2 != 0:
             raise ValueError(f"head_dim={head_dim} must be even for rotary embeddings")
         if window is not None:
-            _check_int("window", window)
+            check_int("window", window)
         if not (isinstance(rope_base, (int, float)) and rope_base > 1):
             raise ValueError(f"rope_base={rope_base!r} must be a number > 1")
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, head_dim

@@ -6,6 +6,8 @@ A spec says *how* the memory learns at test time; the per-token rates η_t, α_t
 
 from dataclasses import dataclass, fields, replace
 
+from .checks import check_int
+
 MEMORIES = ("linear", "mlp")
 BIASES = ("dot", "l2", "lp", "huber", "robust")
 HUBER_MODES = ("coord", "norm", "mixture")
@@ -67,8 +69,7 @@ class MemorySpec:
         _positive("gamma", self.gamma, inclusive=True)
         _positive("simplex_scale", self.simplex_scale)
         _positive("eps", self.eps)
-        if not isinstance(self.expansion, int) or isinstance(self.expansion, bool) or self.expansion < 1:
-            raise ValueError(f"expansion={self.expansion!r} must be an integer >= 1")
+        check_int("expansion", self.expansion)
         if self.optimizer == "implicit":
             if self.memory != "linear" or self.bias != "l2" or self.retention not in ("none", "l2"):
                 raise ValueError(

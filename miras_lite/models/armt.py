@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from ..layers import AttentionLayer
-from .blocks import (ShortConvMixer, TokenLM, check_int, default_ffn_hidden, lm_output, residual_blocks, resolve_spec,
+from ..checks import check_int
+from .blocks import (ShortConvMixer, TokenLM, default_ffn_hidden, lm_output, residual_blocks, resolve_spec,
                      spec_config)
 from .dpfp import DPFPMemory
 from .spec_memory import SpecMemory

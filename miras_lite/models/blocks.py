@@ -15,15 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import check_int
 from ..layers import CausalDepthwiseConv1d
 from ..spec import MemorySpec, preset
 
 IGNORE_INDEX = -100
-
-
-def check_int(name, value, minimum=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
 
 
 def resolve_spec(name, spec) -> MemorySpec:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..layers import AttentionLayer, MirasLayer
-from .blocks import TokenLM, check_int, default_ffn_hidden, lm_output, residual_blocks, resolve_spec, spec_config
+from ..checks import check_int
+from .blocks import TokenLM, default_ffn_hidden, lm_output, residual_blocks, resolve_spec, spec_config
 
 MIXERS = ("miras", "attention", "sliding", "hybrid")
 

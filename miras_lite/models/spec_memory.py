@@ -20,13 +20,11 @@ a learned initial state (initialised with `mlp_initial_state`).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import default_eta_max
+from ..layers import default_eta_max, logit
 from ..memories import mlp_initial_state
 from ..retention import readout
 from ..scan import MemoryState, memory_scan, read_memory
@@ -36,14 +34,10 @@ _ALPHA_FLOOR = 1e-6
 _THETA_CEIL = 1.0 - 1e-5
 
 
-def _logit(p):
-    return math.log(p) - math.log1p(-p)
-
-
 def _gate(d_model, heads, value):
     lin = nn.Linear(d_model, heads)
     nn.init.normal_(lin.weight, std=0.02)
-    nn.init.constant_(lin.bias, _logit(value))
+    nn.init.constant_(lin.bias, logit(value))
     return lin
 
 

@@ -17,6 +17,7 @@ import warnings
 import torch
 from optuna.exceptions import ExperimentalWarning
 
+from ..checks import check_int
 from ..train import TrainingDiverged
 from .export import trial_status, trials_frame
 from .objective import objective
@@ -63,8 +64,7 @@ def worker_command(sweep, storage):
 def run_sweep(sweep, storage=None, workers=1, out=None, on_progress=None, poll_s=1.0):
     """Run ``sweep`` with ``workers`` processes; returns the trials frame (`export.trials_frame`), also
     written to ``out`` (parquet) when given. ``on_progress(done, total)`` is called as trials finish."""
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers={workers!r} must be an integer >= 1")
+    check_int("workers", workers)
     storage = storage or default_storage(sweep)
     study, _ = prepare(sweep, storage)
     processes = [subprocess.Popen(worker_command(sweep, storage)) for _ in range(workers if queued(study) else 0)]

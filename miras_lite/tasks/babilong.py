@@ -39,6 +39,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from ..checks import check_int
 from .mqar import IGNORE, predictions_at_labels
 
 __all__ = ["TASKS", "PEOPLE", "PLACES", "OBJECTS", "WordTokenizer", "GeneratedFiller", "TextFiller", "BabiLongSample",
@@ -343,8 +344,7 @@ class BabiLongSample:
     def segments(self, segment_size):
         """The context as LongTensors of segment_size tokens (the last one shorter), produced lazily:
         memory O(segment_size + one filler block), whatever the context length."""
-        if not isinstance(segment_size, int) or isinstance(segment_size, bool) or segment_size < 1:
-            raise ValueError(f"segment_size={segment_size!r} must be an integer >= 1")
+        check_int("segment_size", segment_size)
         pending, count = [], 0
         for piece in self._pieces():
             pending.append(piece)
@@ -378,8 +378,7 @@ def _question_ids(tokenizer, question):
 def _check_task(task, context_length):
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not supported; allowed values: {', '.join(map(repr, TASKS))}")
-    if not isinstance(context_length, int) or isinstance(context_length, bool) or context_length < 0:
-        raise ValueError(f"context_length={context_length!r} must be an integer >= 0")
+    check_int("context_length", context_length, minimum=0)
 
 
 def babilong_sample(task="qa1", context_length=1000, seed=0, filler=None, tokenizer=None):
@@ -444,8 +443,7 @@ def babilong_batch(task, context_length, batch_size, seed=0, filler=None, tokeni
 
     inputs = context + question, left-padded with <pad> when the lengths differ (only when context_length
     is shorter than some story); the answer is due at the last position."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+    check_int("batch_size", batch_size)
     seeds = seed if isinstance(seed, (tuple, list)) else (seed,)
     samples = [babilong_sample(task, context_length, (*seeds, i), filler, tokenizer) for i in range(batch_size)]
     return _stack(samples, samples[0].tokenizer.pad_id)

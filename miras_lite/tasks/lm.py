@@ -13,17 +13,13 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_int
 from .babilong import DATA_DIR, WordTokenizer, load_data_module
 
 __all__ = ["LanguageModeling", "DEFAULT_CORPUS", "LEVELS"]
 
 DEFAULT_CORPUS = DATA_DIR / "corpus.txt"
 LEVELS = ("char", "word")
-
-
-def _check_int(name, value, minimum):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
 
 
 def _read(path):
@@ -49,8 +45,8 @@ class LanguageModeling:
                  seed=0):
         if level not in LEVELS:
             raise ValueError(f"level={level!r} is not supported; allowed values: {', '.join(map(repr, LEVELS))}")
-        _check_int("seq_len", seq_len, 1)
-        _check_int("test_windows", test_windows, 1)
+        check_int("seq_len", seq_len, 1)
+        check_int("test_windows", test_windows, 1)
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction={test_fraction!r} must be in (0, 1)")
         self.level, self.seq_len, self.seed, self.test_windows = level, seq_len, seed, test_windows
@@ -95,8 +91,8 @@ class LanguageModeling:
 
     def batch(self, batch_size, step):
         """(inputs, labels) LongTensors [batch_size, seq_len] at offsets drawn with seed (seed, step)."""
-        _check_int("batch_size", batch_size, 1)
-        _check_int("step", step, 0)
+        check_int("batch_size", batch_size, 1)
+        check_int("step", step, 0)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         starts = torch.randint(0, len(self.train_data) - self.seq_len, (batch_size,), generator=gen)
         return self._windows(self.train_data, starts, self.seq_len)

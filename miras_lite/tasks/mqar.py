@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import polars as pl
 import torch
 
+from ..checks import check_int
+
 IGNORE = -100
 
 __all__ = ["IGNORE", "MQAR", "mqar", "gap_distribution", "accuracy_by_pairs", "accuracy_by_distance",
@@ -37,15 +39,10 @@ __all__ = ["IGNORE", "MQAR", "mqar", "gap_distribution", "accuracy_by_pairs", "a
 # ----------------------------------------------------------------------------------------- checks
 
 
-def _check_int(name, value, minimum):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-
-
 def _check_shape(vocab_size, seq_len, num_kv_pairs):
-    _check_int("vocab_size", vocab_size, 4)
-    _check_int("num_kv_pairs", num_kv_pairs, 1)
-    _check_int("seq_len", seq_len, 4 * num_kv_pairs)
+    check_int("vocab_size", vocab_size, 4)
+    check_int("num_kv_pairs", num_kv_pairs, 1)
+    check_int("seq_len", seq_len, 4 * num_kv_pairs)
     if num_kv_pairs > vocab_size // 2 - 1:
         raise ValueError(f"num_kv_pairs={num_kv_pairs} needs that many distinct keys in [1, vocab_size/2) = "
                          f"[1, {vocab_size // 2}); use num_kv_pairs <= {vocab_size // 2 - 1} or a larger vocab_size")
@@ -90,7 +87,7 @@ def mqar(vocab_size, seq_len, num_kv_pairs, num_examples, power_a=0.01, random_n
     positions, where they hold the value paired with the queried key. Deterministic in `seed`.
     """
     _check_shape(vocab_size, seq_len, num_kv_pairs)
-    _check_int("num_examples", num_examples, 0)
+    check_int("num_examples", num_examples, 0)
     N, L, D, V = num_examples, seq_len, num_kv_pairs, vocab_size
     gen = torch.Generator().manual_seed(int(seed))
     keys = _distinct(N, 1, V // 2, D, gen)
@@ -141,8 +138,8 @@ class MQAR:
         for d in self.pairs:
             _check_shape(vocab_size, seq_len, d)
         if train_examples is not None:
-            _check_int("train_examples", train_examples, len(self.pairs))
-        _check_int("test_examples", test_examples, 1)
+            check_int("train_examples", train_examples, len(self.pairs))
+        check_int("test_examples", test_examples, 1)
         self.vocab_size, self.seq_len, self.power_a = vocab_size, seq_len, power_a
         self.random_non_queries, self.seed = random_non_queries, seed
         self.train_examples, self.test_examples = train_examples, test_examples
@@ -168,8 +165,8 @@ class MQAR:
         Batch s holds training examples s·B, ..., s·B + B − 1 (mod train_examples): the set is cycled in
         a fixed order (it was shuffled once when built).
         """
-        _check_int("batch_size", batch_size, 1)
-        _check_int("step", step, 0)
+        check_int("batch_size", batch_size, 1)
+        check_int("step", step, 0)
         if self._train is None:
             d = self.pairs[step % len(self.pairs)]
             return self._generate(d, batch_size, seed=(self.seed * 1_000_003 + 2) * 1_000_000_007 + step)
