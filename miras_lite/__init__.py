@@ -7,13 +7,15 @@
 
 from .checkpoint import load, save
 from .layers import AttentionLayer, MirasLayer
-from .memories import mlp_initial_state
+from .memory import mlp_initial_state
 from .models import ARMT, MirasLM
+from .presets import PRESETS, Preset, named_preset, preset
 from .scan import MemoryState, memory_scan, read_memory
-from .spec import PRESETS, MemorySpec, preset
+from .spec import MemorySpec
 from .train import TrainingDiverged, fit
 
 __all__ = [
-    "ARMT", "AttentionLayer", "MemorySpec", "MemoryState", "MirasLM", "MirasLayer", "PRESETS", "TrainingDiverged",
-    "fit", "load", "memory_scan", "mlp_initial_state", "preset", "read_memory", "save",
+    "ARMT", "AttentionLayer", "MemorySpec", "MemoryState", "MirasLM", "MirasLayer", "PRESETS", "Preset",
+    "TrainingDiverged", "fit", "load", "memory_scan", "mlp_initial_state", "named_preset", "preset", "read_memory",
+    "save",
 ]

@@ -27,7 +27,8 @@ import torch
 
 from . import checkpoint
 from .reports.command import add_report_parser
-from .spec import PRESETS, MemorySpec
+from .presets import PRESETS
+from .spec import MemorySpec
 from .sweeps.cli import add_parser as add_sweep_parser
 from .train import ProgressBar, TrainingDiverged, early_stop, evaluate, fit, summarize
 

@@ -3,9 +3,9 @@
 Both map ``x [B, T, d_model] -> y [B, T, d_model]`` causally and share one call signature,
 ``forward(x, initial_state=None, return_state=False)``, so models can swap one for the other.
 
-`MirasLayer` turns a `MemorySpec` (DESIGN.md §1) into a layer: it produces the per-token queries,
+`MirasLayer` turns a `MemorySpec` (docs/design.md §1) into a layer: it produces the per-token queries,
 keys, values and the inner-optimiser rates (η_t, α_t, θ_t) from ``x`` and hands them to
-`memory_scan`, which runs the memory's inner loop (DESIGN.md §2-4). `AttentionLayer` is the
+`memory_scan`, which runs the memory's inner loop (docs/design.md §2-4). `AttentionLayer` is the
 non-parametric baseline: causal softmax attention with rotary position embeddings and an optional
 sliding window.
 """
@@ -19,18 +19,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import gates
 from .checks import check_int
-from .scan import BACKENDS, MemoryState, exact_parallel_update, memory_scan, mlp_initial_state
-from .spec import MemorySpec, preset
+from .dispatch import BACKENDS, default_chunk_size
+from .gates import default_eta_max
+from .presets import resolve
+from .scan import MemoryState, memory_scan, mlp_initial_state
+from .spec import MemorySpec
 
-__all__ = ["MirasLayer", "MirasLayerState", "AttentionLayer", "CausalDepthwiseConv1d", "apply_rotary",
-           "default_eta_max"]
+__all__ = ["MirasLayer", "MirasLayerState", "AttentionLayer", "CausalDepthwiseConv1d", "apply_rotary"]
 
-_ALPHA_FLOOR = 1e-6  # α = floor + (1 - floor)·sigmoid(z) never underflows to 0
-_THETA_CEIL = 1.0 - 1e-5  # θ = ceil·sigmoid(z) never rounds up to 1
-_DELTA_FLOOR = 1e-4  # δ = floor + softplus(z) stays > 0
 ALPHA_MODES = ("auto", "data", "constant")
-DEFAULT_CHUNK_SIZE = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -49,44 +48,8 @@ def _head_dim(d_model, num_heads, head_dim):
     return head_dim
 
 
-def _resolve_spec(spec) -> MemorySpec:
-    if isinstance(spec, MemorySpec):
-        return spec
-    if isinstance(spec, str):
-        return preset(spec)  # unknown names raise preset()'s ValueError (names the preset and the choices)
-    raise ValueError(f"spec={spec!r} must be a MemorySpec or a preset name (str)")
-
-
-def logit(p: float) -> float:
-    return math.log(p) - math.log1p(-p)
-
-
 def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def default_eta_max(spec: MemorySpec, chunk_size: int | None) -> float:
-    """The largest inner learning rate `MirasLayer` produces by default (η_t = η_max · sigmoid(·)).
-
-    ``η_max = min(cap, 2 / C)`` with ``cap = 1`` for a linear memory and ``0.1`` for an MLP memory;
-    the ``2 / C`` term applies only to chunked scans (``C = chunk_size >= 3``).
-
-    * Linear memory, exact recurrence: with unit keys the delta rule ``W ← (I − η k kᵀ) W + ...``
-      is a contraction for η ∈ (0, 2), so η < 1 is always stable.
-    * Chunked (mini-batch) scans take every gradient of a chunk at the same point, so one chunk
-      applies the summed step ``Σ_i η_i k_i k_iᵀ``, whose norm reaches ``C · η_max`` for aligned
-      keys; ``η_max = 2 / C`` bounds it by 2 whatever the keys. Measured without it: deltanet /
-      gated_deltanet / longhorn with C=64 and η≈0.5 grow their state geometrically, chunk after
-      chunk (|A| ~ 1e13 at T=2048). The dot bias on a linear memory is exempt: its gradient
-      −k ⊗ v does not depend on the memory, chunking changes nothing, η_max stays 1.
-    * MLP memory (LayerNorm inside): no such bound exists; measured on fresh layers, the outer
-      gradients of the exact recurrence explode over a few hundred tokens for η ≳ 0.03-0.1
-      (moneta, memora), hence the cap 0.1 (and an initial η of 0.01, see `MirasLayer`).
-    """
-    cap = 0.1 if spec.memory == "mlp" else 1.0
-    if (spec.memory == "linear" and spec.bias == "dot") or chunk_size is None or chunk_size <= 2:
-        return cap
-    return min(cap, 2.0 / chunk_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,28 +115,26 @@ class MirasLayer(nn.Module):
     Args:
         d_model:    model width.
         num_heads:  number of memory heads H.
-        spec:       a `MemorySpec` or a preset name (``"gated_deltanet"``, ``"titans"``, ...).
+        spec:       a `MemorySpec`, a preset name (``"gated_deltanet"``, ``"titans"``, ...) or a `Preset`.
         head_dim:   per-head key/value width D (default ``d_model // num_heads``, which then must
                     divide evenly). Keys and values have the same width (MLP memory needs Dk == Dv).
         conv_size:  kernel of the short depthwise causal convolution on q, k, v (0 disables it).
-        chunk_size: mini-batch size of the inner optimiser (DESIGN.md §4); ``None`` runs the exact
-                    recurrence (DESIGN.md §2-3); ``"auto"`` (default) is ``None`` where the exact
-                    recurrence has a chunk-parallel form (delta rule, dot-bias linear memories: as
-                    fast as mini-batches, without their η limit) and 64 otherwise. It also sets the
-                    default ``eta_max``.
+        chunk_size: mini-batch size of the inner optimiser (docs/design.md §4); ``None`` runs the exact
+                    recurrence (docs/design.md §2-3); ``"auto"`` (default) is
+                    `dispatch.default_chunk_size`: ``None`` where the exact recurrence has a
+                    chunk-parallel form (delta rule, dot-bias linear memories: as fast as mini-batches,
+                    without their η limit) and 64 otherwise. It also sets the default ``eta_max``.
         backend:    ``"auto"`` | ``"torch"`` | ``"triton"``, passed to `memory_scan`.
         alpha_mode: how the retention rate α is produced: ``"data"`` (α_t = sigmoid(Linear(x)),
                     Mamba2 / Gated DeltaNet style), ``"constant"`` (one learned α per head, RetNet
-                    style) or ``"auto"`` (``"constant"`` when ``spec="retnet"`` was given by
-                    name, ``"data"`` otherwise: `PRESETS` maps "retnet" and "mamba2" to the same
-                    spec, only the α parameterisation differs).
+                    style) or ``"auto"`` (the preset's choice, `Preset.alpha_mode`, when ``spec`` is a
+                    preset; ``"data"`` for a bare `MemorySpec`).
         norm_eps:   epsilon of the per-head output RMSNorm.
-        eta_max:    upper bound of η_t (default `default_eta_max(spec, chunk_size)`).
-        eta_init:   initial η (default ``eta_max / 2`` for a linear memory, ``eta_max / 10`` for
-                    an MLP memory); must lie in (0, eta_max).
+        eta_max:    upper bound of η_t (default `gates.default_eta_max(spec, chunk_size)`).
+        eta_init:   initial η (default ``eta_max · gates.initial_eta_fraction(spec)``: 1/2 for a linear
+                    memory, 1/10 for an MLP memory); must lie in (0, eta_max).
         alpha_init: (low, high): initial α of the first and the last head, the others spread
-                    evenly in logit space between them (default (0.95, 0.99) for a linear memory,
-                    (0.99, 0.999) for an MLP memory).
+                    evenly in logit space between them (default `gates.initial_alpha_range`).
         theta_init: initial momentum θ (default 0.6).
         delta_gate: produce a per-token Huber threshold δ_t (default: True exactly when
                     ``spec.bias == "huber"``; True with another bias is an error).
@@ -182,34 +143,19 @@ class MirasLayer(nn.Module):
 
     1. ``q, k, v = SiLU(ShortConv(Linear(x)))`` (bias-free projections, per-channel causal conv),
        split into H heads of width D; q and k are L2-normalised per head (‖k_t‖ = 1).
-    2. Rates, per token and head: ``η_t = eta_max · sigmoid(Linear(x))``;
-       ``α_t = sigmoid(Linear(x))`` only when ``spec.retention != "none"`` (``alpha=1.0`` is passed
-       otherwise, as `memory_scan` requires); ``θ_t = sigmoid(Linear(x))`` only when
-       ``spec.optimizer == "momentum"``. Projections for rates the spec does not use are not
-       created (so every parameter gets a gradient). α is kept >= 1e-6 and θ <= 1 - 1e-5 so a
-       saturated float32 sigmoid never leaves the ranges `memory_scan` accepts.
-       Huber bias: a data-dependent threshold ``δ_t = 1e-4 + softplus(Linear(x))`` (Yaad),
-       initialised to ``spec.delta`` and passed as `memory_scan`'s ``delta``; ``delta_gate=False``
-       keeps the constant ``spec.delta``.
+    2. Rates, per token and head (`miras_lite/gates.py`): ``η_t`` always; ``α_t`` only when
+       ``spec.retention != "none"`` (``alpha=1.0`` is passed otherwise, as `memory_scan` requires);
+       ``θ_t`` only when ``spec.optimizer == "momentum"``; for the Huber bias a data-dependent
+       threshold ``δ_t`` (Yaad), initialised to ``spec.delta`` (``delta_gate=False`` keeps the constant
+       ``spec.delta``). Projections for rates the spec does not use are not created (so every
+       parameter gets a gradient).
     3. ``o = memory_scan(q, k, v, eta, alpha, theta, spec, initial_state, chunk_size)``.
     4. ``y = Linear(RMSNorm_head(o) * SiLU(Linear(x)))`` (RMSNorm over each head's D channels,
        one learned gain shared by the heads; output gate; bias-free output projection).
 
-    Initial gate values (rate weights start at N(0, 0.02²), so at init the rates are set by the
-    biases and barely depend on x):
-
-    * η (see `default_eta_max` for the bound): linear memory starts at η_max/2 — 0.5 for the exact
-      recurrence (DeltaNet's usual start; the unit-key delta rule is contractive for η < 2) and
-      1/C for chunks of C tokens. For the ``dot`` bias the level of η is immaterial (a global
-      rescaling is absorbed by the output RMSNorm); 0.5 sits at the sigmoid's steepest point.
-      MLP memory starts at η_max/10: 0.01 exact, 0.1·2/C chunked. Larger values (0.1) made the
-      outer gradients of fresh moneta/memora layers explode (1e5-1e13 at T=256-512).
-    * α: per-head biases spread evenly in logit space over [0.95, 0.99] for linear memory
-      (multi-scale time constants of 20-100 tokens) and over [0.99, 0.999] for MLP memory: weight
-      decay drives an MLP memory towards zero weights, where the LayerNorm inside it has a huge
-      Jacobian, and the backward pass through time explodes (titans with α≈0.9: 1e6 at T=256).
-      ``"constant"`` mode starts from the same values.
-    * θ: 0.6 (momentum multiplies the steady-state step by 1/(1-θ) = 2.5).
+    Initial gate values: `gates.default_eta_max`, `gates.initial_eta_fraction` and
+    `gates.initial_alpha_range` give them with the measurements behind them; θ starts at 0.6 (momentum
+    multiplies the steady-state step by 1/(1-θ) = 2.5).
 
     Known limits (fresh layers, random inputs): the Huber-mixture bias (yaad) has large outer
     gradients over long sequences (input-gradient norm ≈ 1.5 at T=512, C=64; 6e4 for the exact
@@ -217,7 +163,7 @@ class MirasLayer(nn.Module):
     1e-2 in the preset) and its derivative 1/√ε at e = 0 is amplified through time. MLP memories with a retention gate
     (titans, moneta, memora) are fine at T=512 with the defaults but can explode at T=2048.
 
-    MLP memory: the initial memory (the accumulator A, DESIGN.md §3) is a learned parameter pair
+    MLP memory: the initial memory (the accumulator A, docs/design.md §3) is a learned parameter pair
     ``init_in [H, D, E·D]``, ``init_out [H, E·D, D]`` initialised from `mlp_initial_state`;
     it is used when ``initial_state`` is None. Linear memory starts at zero unless given.
 
@@ -230,7 +176,7 @@ class MirasLayer(nn.Module):
         self,
         d_model: int,
         num_heads: int,
-        spec: MemorySpec | str = MemorySpec(),
+        spec=MemorySpec(),
         head_dim: int | None = None,
         conv_size: int = 4,
         chunk_size: int | str | None = "auto",
@@ -252,24 +198,23 @@ class MirasLayer(nn.Module):
             raise ValueError(f"alpha_mode={alpha_mode!r} is not supported; allowed values: {ALPHA_MODES}")
         if not _is_number(norm_eps) or norm_eps <= 0:
             raise ValueError(f"norm_eps={norm_eps!r} must be a number > 0")
-        preset_name = spec if isinstance(spec, str) else None
-        spec = _resolve_spec(spec)
+        spec, named = resolve(spec)
         if chunk_size == "auto":
-            chunk_size = None if exact_parallel_update(spec) else DEFAULT_CHUNK_SIZE
+            chunk_size = default_chunk_size(spec)
         if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
             raise ValueError(f"chunk_size={chunk_size!r} must be 'auto', None or an integer >= 1")
         if alpha_mode == "auto":
-            alpha_mode = "constant" if preset_name == "retnet" else "data"
+            alpha_mode = named.alpha_mode if named is not None else "data"
         if eta_max is None:
             eta_max = default_eta_max(spec, chunk_size)
         if not _is_number(eta_max) or eta_max <= 0:
             raise ValueError(f"eta_max={eta_max!r} must be a number > 0")
         if eta_init is None:
-            eta_init = eta_max * (0.1 if spec.memory == "mlp" else 0.5)
+            eta_init = eta_max * gates.initial_eta_fraction(spec)
         if not _is_number(eta_init) or not 0 < eta_init < eta_max:
             raise ValueError(f"eta_init={eta_init!r} must lie in (0, eta_max={eta_max})")
         if alpha_init is None:
-            alpha_init = (0.99, 0.999) if spec.memory == "mlp" else (0.95, 0.99)
+            alpha_init = gates.initial_alpha_range(spec)
         if (not isinstance(alpha_init, (tuple, list)) or len(alpha_init) != 2
                 or not all(_is_number(a) and 0 < a < 1 for a in alpha_init)):
             raise ValueError(f"alpha_init={alpha_init!r} must be a pair (low, high) of numbers in (0, 1)")
@@ -284,7 +229,7 @@ class MirasLayer(nn.Module):
                              f"got bias={spec.bias!r}")
 
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, head_dim
-        self.spec, self.preset_name = spec, preset_name
+        self.spec, self.preset_name = spec, None if named is None else named.name
         self.conv_size, self.chunk_size, self.backend = conv_size, chunk_size, backend
         self.alpha_mode, self.eta_max = alpha_mode, float(eta_max)
         H, D = num_heads, head_dim
@@ -294,28 +239,18 @@ class MirasLayer(nn.Module):
         self.conv = CausalDepthwiseConv1d(3 * inner, conv_size) if conv_size > 0 else None
 
         # rates
-        self.eta_proj = nn.Linear(d_model, H)
-        self._init_gate(self.eta_proj, torch.full((H,), logit(eta_init / eta_max)))
+        self.eta_proj = gates.gate(d_model, H, gates.logit(eta_init / eta_max))
         self.uses_alpha = spec.retention != "none"
         self.alpha_proj = None
         self.alpha_logit = None
-        lo, hi = alpha_init
-        alpha_bias = torch.linspace(logit(lo), logit(hi), H) if H > 1 else torch.tensor([logit((lo + hi) / 2)])
+        alpha_bias = gates.alpha_biases(*alpha_init, H)
         if self.uses_alpha and alpha_mode == "data":
-            self.alpha_proj = nn.Linear(d_model, H)
-            self._init_gate(self.alpha_proj, alpha_bias)
+            self.alpha_proj = gates.gate(d_model, H, alpha_bias)
         elif self.uses_alpha:
             self.alpha_logit = nn.Parameter(alpha_bias.clone())
         self.uses_theta = spec.optimizer == "momentum"
-        self.theta_proj = None
-        if self.uses_theta:
-            self.theta_proj = nn.Linear(d_model, H)
-            self._init_gate(self.theta_proj, torch.full((H,), logit(theta_init)))
-        self.delta_proj = None
-        if delta_gate:
-            self.delta_proj = nn.Linear(d_model, H)
-            softplus_inv = math.log(math.expm1(max(spec.delta - _DELTA_FLOOR, 1e-6)))
-            self._init_gate(self.delta_proj, torch.full((H,), softplus_inv))
+        self.theta_proj = gates.gate(d_model, H, gates.logit(theta_init)) if self.uses_theta else None
+        self.delta_proj = gates.gate(d_model, H, gates.delta_gate_bias(spec.delta)) if delta_gate else None
 
         # learned initial MLP memory (the accumulator A)
         self.init_in = self.init_out = None
@@ -329,12 +264,6 @@ class MirasLayer(nn.Module):
         self.gate_proj = nn.Linear(d_model, inner, bias=False)
         self.out_proj = nn.Linear(inner, d_model, bias=False)
 
-    @staticmethod
-    def _init_gate(lin: nn.Linear, bias: torch.Tensor):
-        nn.init.normal_(lin.weight, std=0.02)
-        with torch.no_grad():
-            lin.bias.copy_(bias)
-
     def extra_repr(self) -> str:
         name = self.preset_name if self.preset_name is not None else self.spec
         return (
@@ -345,15 +274,12 @@ class MirasLayer(nn.Module):
 
     def rates(self, x: torch.Tensor):
         """``(eta, alpha, theta)`` for `memory_scan`: ``[B, T, H]`` tensors, or ``1.0`` / ``None``."""
-        eta = self.eta_max * torch.sigmoid(self.eta_proj(x))
-        if not self.uses_alpha:
-            alpha = 1.0
-        else:
+        eta = gates.eta_gate(self.eta_proj(x), self.eta_max)
+        alpha = 1.0
+        if self.uses_alpha:
             z = self.alpha_proj(x) if self.alpha_proj is not None else self.alpha_logit.expand(*x.shape[:-1], -1)
-            # a saturated float32 sigmoid can reach 0, which memory_scan rightly refuses (α ∈ (0, 1])
-            alpha = _ALPHA_FLOOR + (1.0 - _ALPHA_FLOOR) * torch.sigmoid(z)
-        # ... and 1, which it refuses for θ ∈ [0, 1)
-        theta = _THETA_CEIL * torch.sigmoid(self.theta_proj(x)) if self.uses_theta else None
+            alpha = gates.alpha_gate(z)
+        theta = gates.theta_gate(self.theta_proj(x)) if self.uses_theta else None
         return eta, alpha, theta
 
     def huber_delta(self, x: torch.Tensor):
@@ -361,7 +287,7 @@ class MirasLayer(nn.Module):
         (then `memory_scan` uses ``spec.delta``)."""
         if self.delta_proj is None:
             return None
-        return _DELTA_FLOOR + F.softplus(self.delta_proj(x))
+        return gates.delta_gate(self.delta_proj(x))
 
     def qkv(self, x: torch.Tensor, conv_cache: torch.Tensor | None = None):
         """Queries, keys (unit norm per head) and values, each ``[B, T, H, D]``, and the new conv

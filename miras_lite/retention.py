@@ -1,12 +1,16 @@
-"""Retention gates as maps on the accumulator A (DESIGN §2 step 5).
+"""The retention axis: how the memory keeps or forgets its past (docs/design.md §2 step 5).
 
 The recursion is always A_t = E(α_t A_{t−1} + U_t) and the memory that is read is W_t = N(A_t):
 
-- `write_map` E: the soft threshold S_γ for `elastic`, the identity otherwise.
-- `readout`   N: `lq` divides by ‖A‖_q^{q−2} (Moneta), `kl` is c·softmax over the input (key)
-  axis (Memora), the identity otherwise.
+    none      α_t = 1,   E = N = identity
+    l2        decay α_t ∈ (0, 1]                         E = N = identity
+    elastic   E(A) = S_γ(A) = sign(A)·max(|A| − γ, 0)    N = identity
+    lq        N(A) = A / max(‖A‖_q, ε)^{q−2}  (Moneta; q-norm over the whole matrix)
+    kl        N(A) = c · softmax(A) over the input (key) axis  (Memora; each output column on a scaled simplex)
 
-Both act on one weight matrix: the last two axes are (input, output).
+`write_map` is E and `readout` is N; both act on one weight matrix (last two axes: input, output).
+Products of α over a span of tokens are formed in log space (`log_rate`, `decay_matrix`), never by
+division, so α (or θ, which shares these helpers) may be tiny or 0 without NaNs.
 """
 
 import torch
@@ -43,3 +47,26 @@ def readout(spec, A):
     if spec.retention == "kl":
         return spec.simplex_scale * torch.softmax(A, dim=-2)
     return A
+
+
+def log_rate(a):
+    """log a for a rate in [0, 1]; a = 0 (θ may be 0) becomes a decay of e^-87 or less, with no gradient."""
+    return a.clamp_min(torch.finfo(a.dtype).tiny).log()
+
+
+def cumulative_decay(a):
+    """b_t = Π_{j≤t} a_j along the last axis."""
+    return torch.exp(log_rate(a).cumsum(-1))
+
+
+def decay_matrix(a):
+    """L[..., t, i] = Π_{m=i+1..t} a_m for t ≥ i and 0 for t < i, from a [..., C].
+
+    exp(c_t − c_i) with c the cumulative sum of log a; the upper triangle is masked before the exp, so
+    it cannot overflow. Differences of cumulative sums lose ~|c|·ε relative accuracy, which only
+    matters where the product is e^{−|c|} ≈ 0 anyway.
+    """
+    C = a.shape[-1]
+    log_cumulative = log_rate(a).cumsum(-1)
+    lower = torch.ones(C, C, dtype=torch.bool, device=a.device).tril()
+    return torch.exp(torch.where(lower, log_cumulative.unsqueeze(-1) - log_cumulative.unsqueeze(-2), -torch.inf))

@@ -1,5 +1,5 @@
-"""`memory_scan`: the functional entry point (DESIGN §5). Validates, lays tensors out head-major and
-dispatches to the exact recurrence or the chunked mini-batch form."""
+"""`memory_scan`: the functional entry point (docs/design.md §5). Validates the inputs, lays them out
+head-major, asks `dispatch.plan` which implementation computes the scan and runs it."""
 
 import numbers
 import warnings
@@ -7,32 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .chunked import chunked_scan, dual_update
-from .delta_rule import delta_rule_update
-from .memories import mlp_initial_state
-from . import memories
-from .recurrent import exact_scan, weight_matmuls
+from . import dispatch, memory
+from .dispatch import BACKENDS
+from .memory import mlp_initial_state
 from .retention import readout
-from .spec import MemorySpec, preset
-
-BACKENDS = ("torch", "auto", "triton")
-EXACT_PARALLEL_CHUNK = 64
-
-
-def exact_parallel_update(spec):
-    """A chunk update that computes the *exact* recurrence chunk-parallel, where one exists, else None.
-
-    dot bias on a linear memory: g = −v does not depend on the memory, so mini-batch updates are exact
-    (except for elastic, whose threshold acts per token). l2 bias with gd / implicit and retention
-    none / l2: the delta rule, solved exactly per chunk (`delta_rule.py`).
-    """
-    if spec.memory != "linear" or spec.retention == "elastic":
-        return None
-    if spec.bias == "dot":
-        return dual_update  # with lq / kl, chunked_scan materialises the reads: exact as well
-    if spec.bias == "l2" and spec.optimizer in ("gd", "implicit") and spec.retention in ("none", "l2"):
-        return delta_rule_update
-    return None
+from .presets import as_spec
+from .spec import MemorySpec
 
 
 @dataclass
@@ -53,9 +33,9 @@ class MemoryState:
 
 def read_memory(spec, W, x):
     """Query an explicit memory: M(x; W) for W = state.W of `memory_scan` and x [B, N, H, Dk] -> [B, N, H, Dv]."""
-    spec = preset(spec) if isinstance(spec, str) else spec
+    spec = as_spec(spec)
     weights = (W,) if isinstance(W, torch.Tensor) else tuple(W)
-    return memories.forward(spec.memory, x.transpose(1, 2), weight_matmuls(weights))[0].transpose(1, 2)
+    return memory.forward(spec.memory, x.transpose(1, 2), memory.weight_matmuls(weights))[0].transpose(1, 2)
 
 
 def _fail(name, message):
@@ -148,46 +128,27 @@ def _check_options(chunk_size, backend, return_states):
 _WARNED_NO_KERNEL = set()
 
 
-def _triton_kernel(backend, spec, chunk_size, return_states, like):
-    """The Triton kernel for this scan, or None for the torch path.
-
-    backend="triton" raises when no kernel applies; "auto" uses one on CUDA tensors and otherwise runs
-    torch, warning once per spec on CUDA (where a kernel was expected).
-    """
-    if backend == "torch" or (backend == "auto" and not like.is_cuda):
-        return None
-    import kernels  # imported here: triton is only needed when a kernel runs
-
-    if backend == "triton" and (why := kernels.device_ready(like)):
-        _fail("backend", f"'triton' {why}; or use backend='torch' / 'auto'")
-    run, reason = kernels.kernel_for(spec, chunk_size, return_states)
-    if run is not None:
-        return run
-    if backend == "triton":
-        _fail("backend", f"no Triton kernel for {spec} (chunk_size={chunk_size}): {reason}; "
-              "use backend='torch' or 'auto' (which falls back to torch)")
-    _warn_no_kernel(spec, chunk_size, reason)
-    return None
-
-
-def _warn_no_kernel(spec, chunk_size, reason):
-    if spec not in _WARNED_NO_KERNEL:
-        _WARNED_NO_KERNEL.add(spec)
-        warnings.warn(f"memory_scan(backend='auto'): no Triton kernel for {spec} (chunk_size={chunk_size}): "
-                      f"{reason}; running the torch implementation", stacklevel=4)
+def _warn_passed_over_kernels(plan, spec, chunk_size, backend):
+    """"auto" on CUDA, where a kernel was expected: say once per spec why torch runs instead."""
+    reasons = "; ".join(reason for reason in plan.passed_over if reason.startswith("triton/"))
+    if backend != "auto" or not reasons or plan.implementation.backend == "triton" or spec in _WARNED_NO_KERNEL:
+        return
+    _WARNED_NO_KERNEL.add(spec)
+    warnings.warn(f"memory_scan(backend='auto'): no Triton kernel for {spec} (chunk_size={chunk_size}): {reasons}; "
+                  f"running {plan.implementation.name}", stacklevel=3)
 
 
 def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_state=None, chunk_size=None,
                 backend="torch", return_states=None, delta=None):
-    """Run a test-time memory over a sequence: o_t = M_t(q_t), M_t trained on (k_t, v_t) as in DESIGN §2-4.
+    """Run a test-time memory over a sequence: o_t = M_t(q_t), M_t trained on (k_t, v_t) as in docs/design.md §2-4.
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; eta (η ≥ 0), alpha (α ∈ (0, 1]), theta (θ ∈ [0, 1), momentum
     only): floats or [B, T, H] tensors. spec: a `MemorySpec` or a preset name (default `MemorySpec()`).
     initial_state: the accumulator A ([H, ...] or [B, H, ...]; a (W_in, W_out) tuple for MLP memory) or
     a `MemoryState`; None starts from zeros (linear) or `mlp_initial_state` (MLP).
-    chunk_size: None for the exact recurrence, C for mini-batch updates of C tokens (see `chunked.py`).
-    The exact recurrence runs chunk-parallel where an exact parallel form exists (`exact_parallel_update`),
-    else token by token.
+    chunk_size: None for the exact recurrence, C for mini-batch updates of C tokens (`ops/minibatch.py`).
+    Which implementation computes it (a token loop, an exact chunk-parallel form, a dual form, a Triton
+    kernel) is decided by `dispatch.plan`; every one gives the same values.
     return_states=s keeps W after every s tokens in `state.snapshots`.
     delta: per-token Huber threshold δ_t (float or [B, T, H] tensor, δ > 0) replacing spec.delta; Huber bias only.
     backend: "torch"; "triton" (the `kernels` package, interpreted on a machine without CUDA; raises when no
@@ -195,9 +156,7 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
 
     Returns o [B, T, H, Dv] and a `MemoryState`. Differentiable w.r.t. every tensor input.
     """
-    spec = MemorySpec() if spec is None else preset(spec) if isinstance(spec, str) else spec
-    if not isinstance(spec, MemorySpec):
-        _fail("spec", f"expected a MemorySpec or a preset name, got {type(spec).__name__}")
+    spec = MemorySpec() if spec is None else as_spec(spec)
     _check_inputs(q, k, v, spec)
     _check_options(chunk_size, backend, return_states)
     B, T, H, Dk = q.shape
@@ -220,26 +179,10 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
             _fail("delta", f"a per-token threshold only applies to bias='huber', not bias={spec.bias!r}")
         delta = _rate("delta", delta, rate_shape, q, 0.0, float("inf"), True, True)
     A, S = _initial_state(initial_state, spec, B, H, Dk, Dv, q)
+    plan = dispatch.plan(spec, chunk_size, backend, q, v, return_states)
+    _warn_passed_over_kernels(plan, spec, chunk_size, backend)
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    kernel = _triton_kernel(backend, spec, chunk_size, return_states, q)
-    if kernel is not None:
-        import kernels
-
-        try:
-            o, A_end, S_end = kernel(q, k, v, eta, alpha, theta, delta, spec, A[0], S[0], chunk_size)
-            return o.transpose(1, 2), _state(spec, (A_end,), (S_end,), None, None)
-        except kernels.KernelLimit as limit:  # a covered spec, inputs the kernel cannot take: "auto" runs torch
-            if backend == "triton":
-                raise
-            _warn_no_kernel(spec, chunk_size, str(limit))
-    parallel_update = exact_parallel_update(spec)
-    if chunk_size is None and parallel_update and (return_states or EXACT_PARALLEL_CHUNK) % EXACT_PARALLEL_CHUNK == 0:
-        o, A, S, snapshots = chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, EXACT_PARALLEL_CHUNK,
-                                          return_states, update=parallel_update)
-    elif chunk_size is None:
-        o, A, S, snapshots = exact_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, return_states)
-    else:
-        o, A, S, snapshots = chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, return_states)
+    o, A, S, snapshots = dispatch.run(plan, q, k, v, eta, alpha, theta, delta, spec, A, S, return_states)
     return o.transpose(1, 2), _state(spec, A, S, snapshots, return_states)
 
 

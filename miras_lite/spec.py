@@ -1,7 +1,9 @@
-"""`MemorySpec`: the four Miras axes (arXiv 2504.13173) and the presets that name known models.
+"""`MemorySpec`: one point of the four Miras axes (arXiv 2504.13173).
 
 A spec says *how* the memory learns at test time; the per-token rates η_t, α_t, θ_t are inputs of
-`memory_scan`, not part of the spec. See DESIGN.md §1-2 for the equations each field selects.
+`memory_scan`, not part of the spec. docs/design.md §1-2 gives the equations each field selects, and one
+file per axis holds them in code: `memory.py`, `bias.py`, `retention.py`, `optimizer.py`. Named models
+are in `presets.py`.
 """
 
 from dataclasses import dataclass, fields, replace
@@ -89,35 +91,3 @@ class MemorySpec:
     def identity_readout(self) -> bool:
         """True when the memory is the accumulator itself (W = A): retention none, l2 or elastic."""
         return self.retention not in ("lq", "kl")
-
-
-PRESETS = {
-    # W_t = W_{t-1} + η_t k_t v_tᵀ
-    "linear_attention": MemorySpec(bias="dot", retention="none"),
-    # W_t = α W_{t-1} + η k_t v_tᵀ with a constant per-head α (RetNet) ...
-    "retnet": MemorySpec(bias="dot", retention="l2"),
-    # ... or a data-dependent α_t (Mamba2); the layer decides how α is produced.
-    "mamba2": MemorySpec(bias="dot", retention="l2"),
-    # W_t = (I - η_t k_t k_tᵀ) W_{t-1} + η_t k_t v_tᵀ
-    "deltanet": MemorySpec(bias="l2", retention="none", grad_at="retained"),
-    # W_t = α_t (I - η_t k_t k_tᵀ) W_{t-1} + η_t k_t v_tᵀ
-    "gated_deltanet": MemorySpec(bias="l2", retention="l2", grad_at="retained"),
-    # W_t = W_{t-1} - ε_t k_t (k_tᵀ W_{t-1} - v_tᵀ),  ε_t = η_t / (1 + η_t ‖k_t‖²)
-    "longhorn": MemorySpec(bias="l2", retention="none", optimizer="implicit"),
-    "ttt_linear": MemorySpec(bias="l2", retention="none"),
-    "ttt_mlp": MemorySpec(memory="mlp", bias="l2", retention="none"),
-    # S_t = θ_t S_{t-1} - η_t ∇ℓ(W_{t-1}),  W_t = α_t W_{t-1} + S_t
-    "titans": MemorySpec(memory="mlp", bias="l2", retention="l2", optimizer="momentum"),
-    "moneta": MemorySpec(memory="mlp", bias="lp", retention="lq", p=3.0, q=4.0),
-    # Huber with an ℓ1 tail δ·e/√(e² + ε): ε = 1e-2 smooths sign(e), whose 1/√ε slope at e = 0 makes
-    # gradients through time explode with the default ε = 1e-6.
-    "yaad": MemorySpec(memory="mlp", bias="huber", huber_mode="mixture", retention="l2", eps=1e-2),
-    "memora": MemorySpec(memory="mlp", bias="l2", retention="kl"),
-}
-
-
-def preset(name: str) -> MemorySpec:
-    """The `MemorySpec` of a known model, e.g. `preset("gated_deltanet")`."""
-    if name not in PRESETS:
-        raise ValueError(f"preset={name!r} is not known; allowed values: {', '.join(map(repr, PRESETS))}")
-    return PRESETS[name]

@@ -42,8 +42,8 @@ import polars as pl
 import torch
 
 from . import checkpoint
+from .labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 
 
 class TrainingDiverged(RuntimeError):

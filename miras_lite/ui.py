@@ -26,7 +26,8 @@ def axis_dropdowns(preset_name):
     gradient point), each set to that spec: (base, memory, bias, retention, optimizer, grad_at)."""
     import marimo as mo
 
-    from .spec import BIASES, GRAD_POINTS, MEMORIES, OPTIMIZERS, RETENTIONS, MemorySpec, preset
+    from .presets import preset
+    from .spec import BIASES, GRAD_POINTS, MEMORIES, OPTIMIZERS, RETENTIONS, MemorySpec
 
     base = MemorySpec() if preset_name == "custom" else preset(preset_name)
     options = (MEMORIES, BIASES, RETENTIONS, OPTIMIZERS, GRAD_POINTS)

@@ -1,4 +1,5 @@
-"""`memory_scan(backend=...)`: which Triton kernel runs a scan, and what happens when none can."""
+"""`miras_lite.dispatch`: the one table that picks the implementation of a scan, and what `memory_scan` does
+when a Triton kernel cannot run it."""
 
 import warnings
 
@@ -7,8 +8,8 @@ import torch
 
 import kernels
 import miras_lite as ml
-from kernels import chunk_delta, chunk_minibatch, fused_recurrent
-from miras_lite import scan
+from miras_lite import dispatch
+from miras_lite.spec import BIASES, MEMORIES, OPTIMIZERS, RETENTIONS, MemorySpec
 
 
 def _inputs(dtype=torch.float32, T=6):
@@ -17,16 +18,66 @@ def _inputs(dtype=torch.float32, T=6):
     return q, k, torch.randn(1, T, 2, 3, generator=g, dtype=dtype)
 
 
-@pytest.mark.parametrize("spec, chunk_size, module", [
-    (ml.preset("gated_deltanet"), None, chunk_delta),
-    (ml.preset("longhorn"), None, chunk_delta),
-    (ml.preset("titans").replace(memory="linear"), None, fused_recurrent),
-    (ml.MemorySpec(bias="huber", huber_mode="mixture", retention="kl"), None, fused_recurrent),
-    (ml.MemorySpec(bias="lp"), 16, chunk_minibatch),
+def _specs():
+    """Every valid combination of the four axes."""
+    for memory in MEMORIES:
+        for bias in BIASES:
+            for retention in RETENTIONS:
+                for optimizer in OPTIMIZERS:
+                    try:
+                        yield MemorySpec(memory=memory, bias=bias, retention=retention, optimizer=optimizer)
+                    except ValueError:
+                        continue
+
+
+@pytest.mark.parametrize("spec, chunk_size, name", [
+    (ml.preset("gated_deltanet"), None, "triton/delta_rule"),
+    (ml.preset("longhorn"), None, "triton/delta_rule"),
+    (ml.preset("titans").replace(memory="linear"), None, "triton/recurrent"),
+    (ml.MemorySpec(bias="huber", huber_mode="mixture", retention="kl"), None, "triton/recurrent"),
+    (ml.MemorySpec(bias="lp"), 16, "triton/minibatch"),
 ])
-def test_each_scan_goes_to_its_kernel(spec, chunk_size, module):
-    run, reason = kernels.kernel_for(spec, chunk_size, None)
-    assert run is module.run and reason is None
+def test_each_scan_goes_to_its_kernel(spec, chunk_size, name):
+    plan = dispatch.plan(spec, chunk_size, "triton")
+    assert plan.implementation.name == name and plan.passed_over == ()
+
+
+@pytest.mark.parametrize("spec, chunk_size, name, chunk", [
+    (ml.preset("gated_deltanet"), None, "torch/delta_rule", dispatch.EXACT_CHUNK),
+    (ml.preset("linear_attention"), None, "torch/minibatch_fused", dispatch.EXACT_CHUNK),
+    (ml.MemorySpec(bias="dot", retention="kl"), None, "torch/materialised", dispatch.EXACT_CHUNK),
+    (ml.MemorySpec(bias="dot", retention="elastic"), None, "torch/recurrent", None),
+    (ml.preset("titans"), None, "torch/recurrent", None),
+    (ml.preset("titans"), 8, "torch/dual", 8),
+    (ml.MemorySpec(bias="huber"), 8, "torch/minibatch_fused", 8),
+    (ml.preset("moneta"), 8, "torch/materialised", 8),
+])
+def test_torch_rows(spec, chunk_size, name, chunk):
+    plan = dispatch.plan(spec, chunk_size, "torch")
+    assert (plan.implementation.name, plan.chunk_size) == (name, chunk)
+
+
+def test_snapshots_every_few_tokens_leave_the_exact_chunk_forms_for_the_token_loop():
+    plan = dispatch.plan(ml.preset("gated_deltanet"), None, "torch", return_states=4)
+    assert plan.implementation.name == "torch/recurrent"
+    assert "every 64 tokens" in plan.passed_over[0]
+    assert dispatch.plan(ml.preset("gated_deltanet"), None, "torch", return_states=128).implementation.name == \
+        "torch/delta_rule"
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_every_spec_has_a_torch_implementation_and_linear_specs_a_kernel(chunk_size):
+    for spec in _specs():
+        assert dispatch.plan(spec, chunk_size, "torch").implementation.backend == "torch"
+        if spec.memory == "linear" and chunk_size is None:
+            assert dispatch.plan(spec, chunk_size, "triton").implementation.backend == "triton"
+
+
+def test_layers_default_to_the_exact_recurrence_where_it_is_chunk_parallel():
+    assert dispatch.default_chunk_size(ml.preset("deltanet")) is None
+    assert dispatch.default_chunk_size(ml.preset("retnet")) is None
+    assert dispatch.default_chunk_size(ml.preset("titans")) == dispatch.MINIBATCH_CHUNK
+    assert dispatch.default_chunk_size(MemorySpec(bias="lp")) == dispatch.MINIBATCH_CHUNK
 
 
 @pytest.mark.parametrize("spec, chunk_size, return_states, reason", [
@@ -51,12 +102,13 @@ def test_triton_names_the_input_a_kernel_cannot_take():
 
 
 def test_auto_falls_back_to_torch_once_with_a_warning(monkeypatch):
-    """On CUDA, "auto" runs torch, with one warning per spec, when the kernel refuses its inputs."""
-    def refusing_kernel(*args):
-        raise kernels.KernelLimit("q: too large for the test")
-
-    monkeypatch.setattr(scan, "_triton_kernel", lambda backend, *args: None if backend == "torch" else refusing_kernel)
-    monkeypatch.setattr(scan, "_WARNED_NO_KERNEL", set())
+    """On CUDA, "auto" runs torch, with one warning per spec, when the kernels refuse its inputs. Here the CPU
+    plays CUDA: every row is a candidate, and every kernel refuses."""
+    every_row = dispatch._candidates
+    monkeypatch.setattr(dispatch, "_candidates", lambda semantics, backend, like: every_row(semantics, "triton", like)
+                        + every_row(semantics, "torch", like) if backend == "auto" else every_row(semantics, backend, like))
+    monkeypatch.setattr(dispatch, "_input_limits", lambda *args: "q: too large for the test")
+    monkeypatch.setattr(ml.scan, "_WARNED_NO_KERNEL", set())
     q, k, v = _inputs()
     expected, _ = ml.memory_scan(q, k, v, eta=0.5, alpha=0.9, spec="gated_deltanet", backend="torch")
     with pytest.warns(UserWarning, match=r"no Triton kernel for .*q: too large for the test"):

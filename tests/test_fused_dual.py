@@ -1,25 +1,22 @@
-"""`fused_dual.FusedDualScan`: the dual chunked scan with a hand-written backward.
+"""`ops/minibatch_fused.FusedDualScan`: the dual chunked scan with a hand-written backward.
 
 Linear memory, retention none / l2, optimizer gd / implicit, every bias (and Huber mode, with and
 without a per-token δ), both gradient points:
 
 * float64 gradcheck of memory_scan(chunk_size=C) w.r.t. q, k, v, eta, alpha, initial_state and δ,
   C in {2, 3} with T not a multiple of C;
-* values and gradients equal the generic chunked path (`chunked_scan(fused=False)`) to ~1e-12;
-* the Function is what memory_scan runs when an input requires grad, and only for those specs.
+* values and gradients equal the generic dual path (the dispatch table without the fused row) to ~1e-12;
+* the Function is what memory_scan runs for those specs, and only for them.
 
 Kinks are kept away from the data: per-token δ is drawn so that some rows (Huber norm / mixture) or
 coordinates (coord) lie inside and some outside, none within gradcheck's step of the boundary.
 """
 
-import functools
-
 import pytest
 import torch
 
 import miras_lite as ml
-import miras_lite.scan
-from miras_lite.chunked import chunked_scan
+from miras_lite import dispatch
 from miras_lite.spec import MemorySpec
 from cases import BIASES
 from reference import random_inputs
@@ -81,7 +78,7 @@ def _values_and_grads(spec, chunk_size, leaves, seed):
 def test_matches_generic_path(spec, chunk_size, T, monkeypatch):
     leaves, _ = _case(spec, seed=31 + T, T=T, H=2, Dk=4, Dv=3)
     fused = _values_and_grads(spec, chunk_size, leaves, seed=T)
-    monkeypatch.setattr(miras_lite.scan, "chunked_scan", functools.partial(chunked_scan, fused=False))
+    monkeypatch.setattr(dispatch, "TABLE", tuple(row for row in dispatch.TABLE if row.name != "torch/minibatch_fused"))
     generic = _values_and_grads(spec, chunk_size, leaves, seed=T)
     for name, expected in generic.items():
         torch.testing.assert_close(fused[name], expected, rtol=1e-10, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
@@ -117,7 +114,7 @@ def test_dispatch(spec, chunk_size, fused):
     assert ("FusedDualScanBackward" in _grad_fns(o)) == fused
 
 
-def test_no_grad_and_snapshots_keep_the_generic_path():
+def test_snapshots_keep_the_generic_path_and_every_path_gives_the_same_values():
     spec = MemorySpec(bias="lp")
     d = random_inputs(spec, T=8, seed=5, init=True)
     kw = dict(eta=d["eta"], alpha=d["alpha"], spec=spec, initial_state=d["initial_state"], chunk_size=2)

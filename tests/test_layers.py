@@ -6,9 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from miras_lite.layers import AttentionLayer, MirasLayer, MirasLayerState, default_eta_max
+from miras_lite.gates import default_eta_max
+from miras_lite.layers import AttentionLayer, MirasLayer, MirasLayerState
 from miras_lite.scan import MemoryState
-from miras_lite.spec import PRESETS, MemorySpec
+from miras_lite.presets import PRESETS
+from miras_lite.spec import MemorySpec
 
 ALL_PRESETS = sorted(PRESETS)
 # one of each family: dot/none, dot/l2, delta rule, implicit, momentum+mlp, lq, kl, huber

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import miras_lite as ml
-from miras_lite.spec import PRESETS, MemorySpec, preset
+from miras_lite.presets import PRESETS, preset
+from miras_lite.spec import MemorySpec
 from reference import assert_close, random_inputs, reference_minibatch_scan, reference_scan
 
 LINEAR_PRESETS = ("linear_attention", "retnet", "mamba2", "deltanet", "gated_deltanet", "longhorn", "ttt_linear")

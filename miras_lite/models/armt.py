@@ -29,8 +29,8 @@ from torch import nn
 
 from ..layers import AttentionLayer
 from ..checks import check_int
-from .blocks import (ShortConvMixer, TokenLM, default_ffn_hidden, lm_output, residual_blocks, resolve_spec,
-                     spec_config)
+from ..presets import as_spec
+from .blocks import ShortConvMixer, TokenLM, default_ffn_hidden, lm_output, residual_blocks, spec_config
 from .dpfp import DPFPMemory
 from .spec_memory import SpecMemory
 
@@ -88,11 +88,11 @@ class ARMT(TokenLM):
         else:
             if isinstance(memory, str) and memory != "dpfp":
                 try:
-                    memory = resolve_spec("memory", memory)
+                    memory = as_spec(memory, "memory")
                 except ValueError as err:
                     raise ValueError(f"memory={memory!r} is not supported; allowed values: 'dpfp', a MemorySpec, "
                                      f"a dict of MemorySpec fields or a preset name ({err})") from None
-            spec = resolve_spec("memory", memory)
+            spec = as_spec(memory, "memory")
             mem_heads = num_heads if mem_heads is None else mem_heads
             check_int("mem_heads", mem_heads)
             make_memory = lambda: SpecMemory(d_model, mem_heads, spec)  # noqa: E731

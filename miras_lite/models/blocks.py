@@ -16,22 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_int
+from ..labels import IGNORE_INDEX
 from ..layers import CausalDepthwiseConv1d
-from ..spec import MemorySpec, preset
-
-IGNORE_INDEX = -100
-
-
-def resolve_spec(name, spec) -> MemorySpec:
-    """A `MemorySpec` from a spec, a preset name or a dict of MemorySpec fields (``dataclasses.asdict``)."""
-    if isinstance(spec, MemorySpec):
-        return spec
-    if isinstance(spec, str):
-        return preset(spec)
-    if isinstance(spec, dict):
-        return MemorySpec(**spec)
-    raise ValueError(f"{name}={spec!r} must be a MemorySpec, a preset name or a dict of MemorySpec fields")
-
+from ..spec import MemorySpec
 
 def spec_config(spec: MemorySpec) -> dict:
     """The JSON-serialisable form of a spec stored in a model's ``.config``."""

@@ -15,7 +15,8 @@ import torch
 
 from ..layers import AttentionLayer, MirasLayer
 from ..checks import check_int
-from .blocks import TokenLM, default_ffn_hidden, lm_output, residual_blocks, resolve_spec, spec_config
+from ..presets import resolve
+from .blocks import TokenLM, default_ffn_hidden, lm_output, residual_blocks, spec_config
 
 MIXERS = ("miras", "attention", "sliding", "hybrid")
 
@@ -29,8 +30,8 @@ class MirasLM(TokenLM):
         n_layers:    number of blocks.
         num_heads:   heads of every mixer (memory heads or attention heads).
         mixer:       ``"miras"`` | ``"attention"`` | ``"sliding"`` | ``"hybrid"`` (module docstring).
-        spec:        the memory of the `MirasLayer` mixers: a `MemorySpec`, a preset name or a dict of
-                     MemorySpec fields (how ``.config`` stores it).
+        spec:        the memory of the `MirasLayer` mixers: a `MemorySpec`, a preset name, a `Preset` or a
+                     dict of MemorySpec fields (how ``.config`` stores it).
         chunk_size:  `MirasLayer` chunk size (None: exact recurrence; "auto": exact where it is chunk-parallel).
         window:      attention window of ``"sliding"`` and of the attention layers of ``"hybrid"``
                      (unused by ``"attention"``, which is full causal attention).
@@ -47,8 +48,8 @@ class MirasLM(TokenLM):
 
     ``.config`` is a JSON-serialisable dict of the constructor arguments (spec as
     ``dataclasses.asdict``), so ``MirasLM(**model.config)`` rebuilds the same architecture. A spec
-    given by preset name is stored as its fields plus the `MirasLayer` ``alpha_mode`` that name implied
-    (``"retnet"`` → ``"constant"``), so the rebuilt model has the same parameters.
+    given as a preset is stored as its fields plus the `MirasLayer` options the preset implies
+    (`Preset.layer_options`, e.g. retnet's constant α), so the rebuilt model has the same parameters.
     """
 
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, num_heads: int = 2,
@@ -65,10 +66,10 @@ class MirasLM(TokenLM):
         if miras_kwargs is not None and not isinstance(miras_kwargs, dict):
             raise ValueError(f"miras_kwargs={miras_kwargs!r} must be None or a dict of MirasLayer arguments")
         miras_kwargs = dict(miras_kwargs or {})
-        if isinstance(spec, str) and mixer in ("miras", "hybrid"):
-            # the preset name decides MirasLayer's α parameterisation ("retnet": one constant α per head)
-            miras_kwargs.setdefault("alpha_mode", "constant" if spec == "retnet" else "data")
-        spec = resolve_spec("spec", spec)
+        spec, named = resolve(spec)
+        if named is not None and mixer in ("miras", "hybrid"):
+            for key, value in named.layer_options().items():  # stored in .config, so a rebuilt model matches
+                miras_kwargs.setdefault(key, value)
 
         self.n_layers, self.mixer, self.spec = n_layers, mixer, spec
         self.blocks = residual_blocks(d_model, [self._mixer(i, d_model, num_heads, spec, chunk_size, window, miras_kwargs)

@@ -12,8 +12,8 @@ Per layer and memory head (D = d_model / H, keys and values of width D):
 
 W_O is zero-initialised, so the block adds nothing at initialisation whatever the spec (an MLP memory's
 read is not 0 at W_V = 0, its residual path returns the query). Unit keys keep the delta rule stable
-for η < 2; η_max is `default_eta_max(spec, None)`, and η starts at η_max/2 (linear) or η_max/10 (MLP)
-as in `MirasLayer`. α starts at 0.999 per written token: ARMT writes only M tokens per segment, so
+for η < 2; the rates come from `miras_lite/gates.py` as in `MirasLayer`: η_max is
+`default_eta_max(spec, None)` and η starts at `initial_eta_fraction(spec)` of it. α starts at 0.999 per written token: ARMT writes only M tokens per segment, so
 this is a time constant of ~1000/M segments. A linear memory starts at zero; an MLP memory starts from
 a learned initial state (initialised with `mlp_initial_state`).
 """
@@ -24,21 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import default_eta_max, logit
-from ..memories import mlp_initial_state
+from .. import gates
+from ..memory import mlp_initial_state
 from ..retention import readout
 from ..scan import MemoryState, memory_scan, read_memory
 from ..spec import MemorySpec
-
-_ALPHA_FLOOR = 1e-6
-_THETA_CEIL = 1.0 - 1e-5
-
-
-def _gate(d_model, heads, value):
-    lin = nn.Linear(d_model, heads)
-    nn.init.normal_(lin.weight, std=0.02)
-    nn.init.constant_(lin.bias, logit(value))
-    return lin
 
 
 class SpecMemory(nn.Module):
@@ -60,10 +50,10 @@ class SpecMemory(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model, bias=False)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
         nn.init.zeros_(self.out_proj.weight)
-        self.eta_max = default_eta_max(spec, None)
-        self.eta_proj = _gate(d_model, num_heads, 0.1 if spec.memory == "mlp" else 0.5)
-        self.alpha_proj = _gate(d_model, num_heads, alpha_init) if spec.retention != "none" else None
-        self.theta_proj = _gate(d_model, num_heads, theta_init) if spec.optimizer == "momentum" else None
+        self.eta_max = gates.default_eta_max(spec, None)
+        self.eta_proj = gates.gate(d_model, num_heads, gates.logit(gates.initial_eta_fraction(spec)))
+        self.alpha_proj = gates.gate(d_model, num_heads, gates.logit(alpha_init)) if spec.retention != "none" else None
+        self.theta_proj = gates.gate(d_model, num_heads, gates.logit(theta_init)) if spec.optimizer == "momentum" else None
         self.init_in = self.init_out = None
         if spec.memory == "mlp":
             w_in, w_out = mlp_initial_state(num_heads, D, spec.expansion)
@@ -99,11 +89,9 @@ class SpecMemory(nn.Module):
         """Run the spec's inner optimiser over the memory tokens ``m [B, M, d_model]``, from ``state``."""
         k = F.normalize(self._heads(self.k_proj(m)), dim=-1, eps=1e-6)
         v = self._heads(self.v_proj(m))
-        eta = self.eta_max * torch.sigmoid(self.eta_proj(m))
-        alpha = 1.0
-        if self.alpha_proj is not None:
-            alpha = _ALPHA_FLOOR + (1.0 - _ALPHA_FLOOR) * torch.sigmoid(self.alpha_proj(m))
-        theta = _THETA_CEIL * torch.sigmoid(self.theta_proj(m)) if self.theta_proj is not None else None
+        eta = gates.eta_gate(self.eta_proj(m), self.eta_max)
+        alpha = 1.0 if self.alpha_proj is None else gates.alpha_gate(self.alpha_proj(m))
+        theta = None if self.theta_proj is None else gates.theta_gate(self.theta_proj(m))
         _, new_state = memory_scan(k, k, v, eta=eta, alpha=alpha, theta=theta, spec=self.spec,
                                    initial_state=state, chunk_size=None)
         return new_state

@@ -34,7 +34,8 @@ from pathlib import Path
 import optuna
 
 from ..models import MirasLM
-from ..spec import MemorySpec, preset
+from ..presets import preset
+from ..spec import MemorySpec
 from ..tasks.mqar import MQAR
 from ..train import fit
 

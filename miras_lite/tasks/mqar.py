@@ -28,9 +28,11 @@ from dataclasses import dataclass
 import polars as pl
 import torch
 
+from ..labels import IGNORE_INDEX
+
 from ..checks import check_int
 
-IGNORE = -100
+IGNORE = IGNORE_INDEX  # the label of a position that is not scored
 
 __all__ = ["IGNORE", "MQAR", "mqar", "gap_distribution", "accuracy_by_pairs", "accuracy_by_distance",
            "predictions_at_labels"]

@@ -28,7 +28,8 @@ import polars as pl
 import torch
 
 from ..scan import memory_scan, read_memory
-from ..spec import MemorySpec, preset
+from ..presets import preset
+from ..spec import MemorySpec
 
 __all__ = ["KVStream", "kv_stream", "probe_recall", "capacity_curve", "forgetting_curve"]
 

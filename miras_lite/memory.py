@@ -1,4 +1,4 @@
-"""Memory architectures: what the memory predicts and how its loss gradient factorises.
+"""The memory-architecture axis: what the memory predicts and how its loss gradient factorises (docs/design.md §1, §3).
 
 A memory is a tuple of weight matrices. Each is only ever used through a *matmul* u ↦ u·W, so the
 same code runs a memory whose weights are explicit tensors (the exact recurrence) and one whose
@@ -24,6 +24,16 @@ def row_matmul(u, W):
     if W.dim() == u.dim() + 1:
         return (u.unsqueeze(-2) @ W).squeeze(-2)
     return u @ W
+
+
+def weight_matmuls(weights):
+    """Matmuls u ↦ u·W_j for explicit weights."""
+    return tuple((lambda u, W=W: row_matmul(u, W)) for W in weights)
+
+
+def transposed_matmul(weights):
+    """u ↦ u·W_lastᵀ: the MLP's backward needs it at the gradient point."""
+    return lambda u: row_matmul(u, weights[-1].transpose(-1, -2))
 
 
 def outer(x, d):

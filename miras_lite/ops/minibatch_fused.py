@@ -1,6 +1,6 @@
 """The dual chunked scan as one autograd Function (linear memory; retention none / l2; gd / implicit).
 
-It computes what `chunked.chunked_scan` computes with `dual_update` + `dual_read` (DESIGN §4, §7) and
+It computes what `minibatch.dual_scan` computes with `dual_update` + `dual_read` (docs/design.md §4, §7) and
 writes the backward by hand, so autograd records neither the per-chunk ops nor the broadcast-gradient
 reductions. Per chunk of C tokens and head, from the chunk-start accumulator A0 (Dk×Dv), with ℓ the
 cumulative log-decay inside the chunk (ℓ_t = Σ_{j≤t} log α_j):
@@ -28,14 +28,10 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from .bias import _inverse_norm, bias_gradient
-
-
-def fused_applies(spec, snapshot_every):
-    """True where `FusedDualScan` applies: linear memory, retention none / l2, gd / implicit, no snapshots
-    (momentum, MLP memories, lq / kl / elastic and `return_states` keep the generic path)."""
-    return (spec.memory == "linear" and spec.retention in ("none", "l2")
-            and spec.optimizer in ("gd", "implicit") and not snapshot_every)
+from .. import optimizer
+from ..bias import bias_gradient, bias_linearisation, linearisation_vjp
+from ..retention import log_rate
+from .minibatch import chunk_groups
 
 
 # ---------------------------------------------------------------------------------- layouts
@@ -59,62 +55,6 @@ def _token_major(x, B, H):
     out = x.new_empty(B, count, length, H, D)
     out.permute(1, 0, 3, 2, 4).copy_(x.view(count, B, H, length, D))
     return out.view(B, count * length, H, D)
-
-
-# -------------------------------------------------------------------------------- the bias φ
-
-
-class Linearisation(NamedTuple):
-    """∂g/∂e = diag(a) + s·e eᵀ per row (a None: identity; s None: diagonal); ∂g/∂δ = h (per-row δ)."""
-
-    a: torch.Tensor | None
-    s: torch.Tensor | None
-    h: torch.Tensor | None
-
-
-def bias_linearisation(spec, e, delta=None, delta_grad=False):
-    """The exact derivative of `bias.bias_gradient` (not for dot, whose g = −v does not depend on e).
-
-    l2:     a = 1
-    lp:     a = (e² + ε)^{(p−2)/2} + (p−2) e² (e² + ε)^{(p−4)/2} = (e² + ε)^{(p−4)/2} ((p−1) e² + ε)
-    huber:  coord    a = [|e| ≤ δ],  h = sign(e)·[|e| > δ]
-            norm     inside (‖e‖ ≤ δ) a = 1; outside a = δ/‖e‖, s = −δ/‖e‖³, h = e/‖e‖
-            mixture  inside a = 1; outside a = δ ε (e² + ε)^{−3/2}, h = e/√(e² + ε)
-    robust: a = 1 + Δ r, s = −Δ r³, r = (‖e‖² + ε)^{−1/2}
-    (coord forms h only when `delta_grad`.)
-    """
-    if spec.bias == "l2":
-        return Linearisation(None, None, None)
-    if spec.bias == "lp":
-        square = e.square()
-        power = (square + spec.eps).pow_((spec.p - 4.0) / 2.0)
-        return Linearisation(square.mul_(spec.p - 1.0).add_(spec.eps).mul_(power), None, None)
-    if spec.bias == "robust":
-        r = torch.rsqrt(e.square().sum(-1, keepdim=True) + spec.eps)
-        return Linearisation(1.0 + spec.robust_delta * r, -spec.robust_delta * r.pow(3), None)
-    delta = spec.delta if delta is None else delta
-    if spec.huber_mode == "coord":
-        h = (e > delta).to(e.dtype) - (e < -delta).to(e.dtype) if delta_grad else None
-        return Linearisation((e.abs() <= delta).to(e.dtype), None, h)
-    squared_norm = e.square().sum(-1, keepdim=True)
-    inside = squared_norm <= delta**2
-    if spec.huber_mode == "norm":
-        r = _inverse_norm(squared_norm)
-        outer = Linearisation(delta * r, -delta * r.pow(3), e * r)
-    else:
-        r = torch.rsqrt(e.square() + spec.eps)
-        outer = Linearisation(delta * spec.eps * r.pow(3), None, e * r)
-    one, zero = e.new_ones(()), e.new_zeros(())
-    s = None if outer.s is None else torch.where(inside, zero, outer.s)
-    return Linearisation(torch.where(inside, one, outer.a), s, torch.where(inside, zero, outer.h))
-
-
-def _vjp(lin, e, dg):
-    """de = J_φᵀ dg = a ⊙ dg + s e (e·dg)  (J is symmetric)."""
-    de = dg if lin.a is None else lin.a * dg
-    if lin.s is not None:
-        de = de + lin.s * e * (e * dg).sum(-1, keepdim=True)
-    return de
 
 
 # ------------------------------------------------------------------------------------ forward
@@ -216,7 +156,7 @@ def _state_grads(spec, K, K_tilde, saved, eta, delta, decays, F, R, dA_last, del
         else:
             lin = bias_linearisation(spec, saved.errors[n], None if delta is None else delta[n], delta_grad)
             minus_dg = eta[n] * minus_dD
-            minus_de[n] = _vjp(lin, saved.errors[n], minus_dg)
+            minus_de[n] = linearisation_vjp(lin, saved.errors[n], minus_dg)
             if delta_grad:
                 d_delta[n] = -(minus_dg * lin.h).sum(-1)
         dA[n].baddbmm_(K_tilde[n].transpose(1, 2), minus_de[n], alpha=-1)
@@ -292,3 +232,24 @@ class FusedDualScan(torch.autograd.Function):
         grads_qkv = (_token_major(x, B, H).transpose(1, 2) for x in (dQ, dK, dV))
         rates = (None if x is None else _rates_back(x, B, H) for x in (d_eta, d_log, d_delta))
         return (*grads_qkv, *rates, dA[0].view(dA_last.shape), None, None)
+
+
+def fused_dual_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None):
+    """`minibatch.dual_scan` through `FusedDualScan`, one call per group of equal-length chunks; same layout and
+    returns as `recurrent.recurrent_scan` (θ and snapshots are not used: gd / implicit, no snapshots).
+
+    Autograd forms what the Function takes: the effective η (implicit: η/(1 + η‖k‖²)) and the
+    cumulative log-decay ℓ_t = Σ_{j≤t} log α_j inside each chunk.
+    """
+    B, H = q.shape[:2]
+    (A,) = A
+    outputs = []
+    for start, count, length in chunk_groups(q.shape[2], chunk_size):
+        stop = start + count * length
+        q_g, k_g, v_g, eta_g, alpha_g = (x[:, :, start:stop] for x in (q, k, v, eta, alpha))
+        eta_g = optimizer.effective_rate(spec, eta_g, k_g)
+        log_cumulative = log_rate(alpha_g).reshape(B, H, count, length).cumsum(-1).reshape(B, H, -1)
+        delta_g = None if delta is None else delta[:, :, start:stop]
+        o, A = FusedDualScan.apply(q_g, k_g, v_g, eta_g, log_cumulative, delta_g, A, spec, length)
+        outputs.append(o.transpose(1, 2))
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2), (A,), S, []

@@ -1,4 +1,4 @@
-"""Mini-batch (chunked) memory updates, DESIGN §4 and §7.
+"""Mini-batch (chunked) memory updates, docs/design.md §4 and §7; the Triton twin is `kernels/minibatch.py`.
 
 Inside a chunk of C tokens starting at t0 with accumulator A0 (momentum S0), every token's gradient is
 taken at the chunk's starting point,
@@ -10,34 +10,32 @@ while the accumulator follows the linear recursion token by token, so reads stay
 
     Ã_t = b_t A0 + γ_t S0 − Σ_{i≤t} M_{ti} η_i G_i,        o_t = M(q_t; N(E(Ã_t))),
 
-with the decay mix M = L_α (gd) or L_α L_θ (momentum), L_x[t, i] = Π_{m=i+1..t} x_m, and
-γ_t = Σ_j L_α[t, j] Θ_j, Θ_j = Π_{m≤j} θ_m (zero without momentum). The next chunk starts from
-A = E(Ã_last), S = S_last. Hence:
+with the step mix M and γ of `optimizer.chunk_mix`. The next chunk starts from A = E(Ã_last), S = S_last.
+Hence two scans:
 
-- retention none / l2 (N = E = identity): the *dual form*. Every weight is only used through
+- `dual_scan`, retention none / l2 (N = E = identity): the *dual form*. Every weight is only used through
   u ↦ u·W_t = b_t u·A0 + γ_t u·S0 − ((u Xᵀ) ⊙ M) (η ⊙ D), with G_i = X_i ⊗ D_i: a few masked matrix
-  products, for linear and MLP memory alike. Only the chunk-to-chunk state hand-off is sequential;
-  the reads of all chunks are batched once their starting states are known.
-- lq: N(A) = A / max(‖A‖_q, ε)^{q−2} only rescales A, so every read is the dual form divided by
-  s_t = max(‖Ã_t‖_q, ε)^{q−2}, and P_t = N(b_t A0) = b_t A0 / max(b_t ‖A0‖_q, ε)^{q−2}. Ã_t is
+  products, for linear and MLP memory alike. Only the chunk-to-chunk state hand-off (`dual_update`, or
+  the exact `delta_rule_update`) is sequential; the reads of all chunks are batched once their starting
+  states are known. `minibatch_fused.py` is the same scan for linear memories with a hand-written backward.
+- `materialised_scan`, the non-linear retentions, read through N at every token:
+  lq: N(A) = A / max(‖A‖_q, ε)^{q−2} only rescales A, so every read is the dual form divided by
+  s_t = max(‖Ã_t‖_q, ε)^{q−2}, and P_t = N(b_t A0) = b_t A0 / max(b_t ‖A0‖_q, ε)^{q−2}; Ã_t is
   materialised ([B, H, C, Din, Dout] per chunk) only for its q-norm.
-- kl: the same mini-batch semantics, read through N per token, so Ã_t is materialised.
-- elastic: the threshold E = S_γ is applied to the chunk's final accumulator (once per chunk instead
+  kl: the same mini-batch semantics, read through N per token, so Ã_t is materialised.
+  elastic: the threshold E = S_γ is applied to the chunk's final accumulator (once per chunk instead
   of once per token) and to every read.
 
-With C = 1 every rule above is the exact recurrence. Decay products are formed in log space
-(never divisions), so θ may be 0 without NaNs.
+With C = 1 every rule above is the exact recurrence.
 """
 
 from typing import NamedTuple
 
 import torch
 
-from . import memories
-from .bias import bias_gradient
-from .fused_dual import FusedDualScan, fused_applies
-from .recurrent import implicit_step, transposed_matmul, weight_matmuls
-from .retention import lq_scale, readout, write_map
+from .. import memory, optimizer
+from ..bias import bias_gradient
+from ..retention import lq_scale, readout, write_map
 
 
 class ChunkDecays(NamedTuple):
@@ -53,39 +51,12 @@ class ChunkDecays(NamedTuple):
     delta: torch.Tensor | None  # [..., C, 1]  per-token Huber threshold
 
 
-def _log_rate(a):
-    # α > 0 is guaranteed; θ may be 0, which the clamp turns into a decay of e^-87 or less (no gradient to θ there).
-    return a.clamp_min(torch.finfo(a.dtype).tiny).log()
-
-
-def decay_matrix(a):
-    """L[..., t, i] = Π_{m=i+1..t} a_m for t ≥ i and 0 for t < i, from a [..., C].
-
-    exp(c_t − c_i) with c the cumulative sum of log a; the upper triangle is masked before the exp, so
-    it cannot overflow. Differences of cumulative sums lose ~|c|·ε relative accuracy, which only
-    matters where the product is e^{−|c|} ≈ 0 anyway.
-    """
-    C = a.shape[-1]
-    log_cumulative = _log_rate(a).cumsum(-1)
-    lower = torch.ones(C, C, dtype=torch.bool, device=a.device).tril()
-    return torch.exp(torch.where(lower, log_cumulative.unsqueeze(-1) - log_cumulative.unsqueeze(-2), -torch.inf))
-
-
 def chunk_decays(spec, q, k, eta, alpha, theta, delta):
     """`ChunkDecays` for chunks laid out as q, k [..., C, Dk] and rates [..., C]."""
-    delta = None if delta is None else delta.unsqueeze(-1)
-    if spec.optimizer == "implicit":
-        eta = eta / (1.0 + eta * k.square().sum(-1))
-    L = decay_matrix(alpha)
-    b = torch.exp(_log_rate(alpha).cumsum(-1))
-    if spec.optimizer != "momentum":
-        return ChunkDecays(b, L, (q @ k.transpose(-1, -2)) * L, None, None, None, eta, delta)
-    L_theta = decay_matrix(theta)
-    theta_prod = torch.exp(_log_rate(theta).cumsum(-1))
-    gamma = (L @ theta_prod.unsqueeze(-1)).squeeze(-1)
-    mix = L @ L_theta
-    scores = (q @ k.transpose(-1, -2)) * mix
-    return ChunkDecays(b, mix, scores, gamma, L_theta[..., -1, :], theta_prod[..., -1], eta, delta)
+    mix = optimizer.chunk_mix(spec, alpha, theta)
+    scores = (q @ k.transpose(-1, -2)) * mix.mix
+    return ChunkDecays(mix.b, mix.mix, scores, mix.gamma, mix.theta_mix_last, mix.theta_prod_last,
+                       optimizer.effective_rate(spec, eta, k), None if delta is None else delta.unsqueeze(-1))
 
 
 def _per_chunk(decays):
@@ -98,7 +69,7 @@ def _per_chunk(decays):
 def _gradient_point_matmuls(spec, A0, b):
     """Matmuls at P_t = b_t A0 (retained) or A0 (previous), for identity read-outs."""
     if spec.grad_at == "previous":
-        return weight_matmuls(A0), transposed_matmul(A0)
+        return memory.weight_matmuls(A0), memory.transposed_matmul(A0)
     scale = b.unsqueeze(-1)
     forward_matmuls = tuple((lambda u, W=W: scale * (u @ W)) for W in A0)
     return forward_matmuls, (lambda u: scale * (u @ A0[-1].transpose(-1, -2)))
@@ -113,12 +84,12 @@ def _gradient_point_weights(spec, A0, b):
 
 def _update_factors(spec, k, v, decays, forward_matmuls, transposed):
     """(inputs X_j, scaled output grads η ⊙ D_j) with η_i G_i = X_i ⊗ (η_i D_i), for one chunk."""
-    prediction, cache = memories.forward(spec.memory, k, forward_matmuls)
+    prediction, cache = memory.forward(spec.memory, k, forward_matmuls)
     e = prediction - v
     if spec.optimizer == "implicit":
         inputs, grads = (k,), (e,)
     else:
-        inputs, grads = memories.backward(spec.memory, cache, bias_gradient(spec, e, v, decays.delta), transposed)
+        inputs, grads = memory.backward(spec.memory, cache, bias_gradient(spec, e, v, decays.delta), transposed)
     return inputs, tuple(decays.eta.unsqueeze(-1) * d for d in grads)
 
 
@@ -168,7 +139,7 @@ def dual_read(spec, q, decays, A0, S0, inputs, scaled_grads, scales=None):
 
         return matmul
 
-    return memories.forward(spec.memory, q, tuple(read_matmul(j) for j in range(len(A0))))[0]
+    return memory.forward(spec.memory, q, tuple(read_matmul(j) for j in range(len(A0))))[0]
 
 
 def _running_accumulators(spec, decays, A0, S0, inputs, scaled_grads):
@@ -211,16 +182,16 @@ def materialised_chunk(spec, q, k, v, decays, A0, S0):
     if spec.retention == "lq":
         return lq_chunk(spec, q, k, v, decays, A0, S0)
     P = _gradient_point_weights(spec, A0, decays.b)
-    inputs, scaled_grads = _update_factors(spec, k, v, decays, weight_matmuls(P), transposed_matmul(P))
+    inputs, scaled_grads = _update_factors(spec, k, v, decays, memory.weight_matmuls(P), memory.transposed_matmul(P))
     running = _running_accumulators(spec, decays, A0, S0, inputs, scaled_grads)
     W = tuple(readout(spec, write_map(spec, A_t)) for A_t in running)
-    o = memories.forward(spec.memory, q, weight_matmuls(W))[0]
+    o = memory.forward(spec.memory, q, memory.weight_matmuls(W))[0]
     A = tuple(write_map(spec, A_t[:, :, -1]) for A_t in running)
     S = _momentum_end(decays, S0, inputs, scaled_grads) if spec.optimizer == "momentum" else S0
     return o, A, S
 
 
-def _chunk_groups(T, C):
+def chunk_groups(T, C):
     """(start, number of chunks, chunk length): the full chunks, then the partial last one."""
     full = T // C
     groups = [(0, full, C)] if full else []
@@ -229,79 +200,74 @@ def _chunk_groups(T, C):
     return groups
 
 
+class ChunkGroup(NamedTuple):
+    """One group of equal-length chunks, laid out [B, H, N, C, ...], with its decays."""
+
+    start: int
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    decays: ChunkDecays
+
+
+def _grouped(spec, q, k, v, eta, alpha, theta, delta, chunk_size):
+    """The `ChunkGroup`s of a sequence: its full chunks, then the partial last one."""
+    B, H = q.shape[:2]
+    for start, count, length in chunk_groups(q.shape[2], chunk_size):
+        def chunks(x):
+            return None if x is None else x[:, :, start:start + count * length].reshape(B, H, count, length,
+                                                                                      *x.shape[3:])
+
+        qs, ks = chunks(q), chunks(k)
+        decays = chunk_decays(spec, qs, ks, *(chunks(x) for x in (eta, alpha, theta, delta)))
+        yield ChunkGroup(start, qs, ks, chunks(v), decays)
+
+
 def _stack(per_chunk):
     """A list (over chunks) of tuples of tensors as a tuple of tensors with a chunk axis at dim 2."""
     return tuple(torch.stack(parts, dim=2) for parts in zip(*per_chunk))
 
 
-def fused_chunked_scan(q, k, v, eta, alpha, delta, spec, A, S, chunk_size):
-    """`chunked_scan` through `fused_dual.FusedDualScan`, one call per group of equal-length chunks.
+def _is_snapshot(snapshot_every, group, n):
+    length = group.q.shape[3]
+    return snapshot_every and (group.start + (n + 1) * length) % snapshot_every == 0
 
-    Autograd forms what the Function takes: the effective η (implicit: η/(1 + η‖k‖²)) and the
-    cumulative log-decay ℓ_t = Σ_{j≤t} log α_j inside each chunk.
+
+def dual_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None, update=dual_update):
+    """The dual form (retention none / l2), chunk by chunk; same layout and returns as `recurrent_scan`.
+
+    Only the state hand-off `update` runs chunk after chunk; the reads of all chunks are then one batched
+    `dual_read`.
     """
-    B, H = q.shape[:2]
-    (A,) = A
-    outputs = []
-    for start, count, length in _chunk_groups(q.shape[2], chunk_size):
-        stop = start + count * length
-        q_g, k_g, v_g, eta_g, alpha_g = (x[:, :, start:stop] for x in (q, k, v, eta, alpha))
-        if spec.optimizer == "implicit":
-            eta_g = eta_g / (1.0 + eta_g * k_g.square().sum(-1))
-        log_cumulative = _log_rate(alpha_g).reshape(B, H, count, length).cumsum(-1).reshape(B, H, -1)
-        delta_g = None if delta is None else delta[:, :, start:stop]
-        o, A = FusedDualScan.apply(q_g, k_g, v_g, eta_g, log_cumulative, delta_g, A, spec, length)
-        outputs.append(o.transpose(1, 2))
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2), (A,), S, []
-
-
-def _any_requires_grad(*tensors):
-    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
-
-
-def chunked_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None, update=None,
-                 fused=True):
-    """Scan chunk by chunk; same layout and returns as `recurrent.exact_scan`.
-
-    Retention none / l2: only the state hand-off `update` (default `dual_update`) runs chunk after chunk;
-    the reads of all chunks are then one batched `dual_read`. Other retentions: `materialised_chunk`.
-    When gradients are needed, linear memories with gd / implicit steps and the dual update go through
-    `fused_chunked_scan` instead (same values, hand-written backward); `fused=False` (tests) keeps the
-    generic path, the reference for the fused one.
-    """
-    B, H = q.shape[:2]
-    update = update or dual_update
-    if (fused and update is dual_update and fused_applies(spec, snapshot_every)
-            and _any_requires_grad(q, k, v, eta, alpha, delta, *A)):
-        return fused_chunked_scan(q, k, v, eta, alpha, delta, spec, A, S, chunk_size)
-    materialised = spec.retention not in ("none", "l2")
     outputs, snapshots = [], []
-    for start, count, length in _chunk_groups(q.shape[2], chunk_size):
-        stop = start + count * length
-
-        def chunks(x):
-            return x[:, :, start:stop].reshape(B, H, count, length, *x.shape[3:])
-
-        qs, ks, vs = chunks(q), chunks(k), chunks(v)
-        optional = [None if x is None else chunks(x) for x in (theta, delta)]
-        decays = chunk_decays(spec, qs, ks, chunks(eta), chunks(alpha), *optional)
-        starts, factors, reads = [], [], []
+    for group in _grouped(spec, q, k, v, eta, alpha, theta, delta, chunk_size):
+        starts, factors = [], []
         # Split once: indexing x[:, :, n] per chunk would make every backward step write a full-size gradient.
-        for n, (q_n, k_n, v_n, decays_n) in enumerate(zip(qs.unbind(2), ks.unbind(2), vs.unbind(2), _per_chunk(decays))):
-            if materialised:
-                o, A, S = materialised_chunk(spec, q_n, k_n, v_n, decays_n, A, S)
-                reads.append(o)
-            else:
-                starts.append((*A, *S))
-                inputs, scaled_grads, A, S = update(spec, k_n, v_n, decays_n, A, S)
-                factors.append(inputs + scaled_grads)
-            if snapshot_every and (start + (n + 1) * length) % snapshot_every == 0:
+        for n, (k_n, v_n, decays_n) in enumerate(zip(group.k.unbind(2), group.v.unbind(2), _per_chunk(group.decays))):
+            starts.append((*A, *S))
+            inputs, scaled_grads, A, S = update(spec, k_n, v_n, decays_n, A, S)
+            factors.append(inputs + scaled_grads)
+            if _is_snapshot(snapshot_every, group, n):
                 snapshots.append(tuple(readout(spec, A_j) for A_j in A))
-        if materialised:
-            outputs.append(torch.cat(reads, dim=2))
-            continue
         weights = len(A)
         starts, factors = _stack(starts), _stack(factors)
-        o = dual_read(spec, qs, decays, starts[:weights], starts[weights:], factors[:weights], factors[weights:])
+        o = dual_read(spec, group.q, group.decays, starts[:weights], starts[weights:], factors[:weights],
+                      factors[weights:])
         outputs.append(o.flatten(2, 3))
+    return torch.cat(outputs, dim=2), A, S, snapshots
+
+
+def materialised_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None):
+    """The mini-batch rule for the non-linear retentions (lq, kl, elastic), chunk by chunk; same layout and
+    returns as `recurrent_scan`."""
+    outputs, snapshots = [], []
+    for group in _grouped(spec, q, k, v, eta, alpha, theta, delta, chunk_size):
+        reads = []
+        chunks = zip(group.q.unbind(2), group.k.unbind(2), group.v.unbind(2), _per_chunk(group.decays))
+        for n, (q_n, k_n, v_n, decays_n) in enumerate(chunks):
+            o, A, S = materialised_chunk(spec, q_n, k_n, v_n, decays_n, A, S)
+            reads.append(o)
+            if _is_snapshot(snapshot_every, group, n):
+                snapshots.append(tuple(readout(spec, A_j) for A_j in A))
+        outputs.append(torch.cat(reads, dim=2))
     return torch.cat(outputs, dim=2), A, S, snapshots

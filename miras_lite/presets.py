@@ -1,0 +1,95 @@
+"""Presets: known models as points of the design space, and the layer choices each name implies.
+
+A `Preset` is more than its `MemorySpec`: retnet and mamba2 share one spec and differ in how the layer
+produces α (one learned constant per head vs. one per token). Everything a name implies lives here, so
+no other module compares preset names.
+
+`PRESETS` (name → MemorySpec) and `preset(name)` are the functional API of docs/design.md §5;
+`named_preset(name)` returns the whole `Preset`, and `as_spec` / `resolve` accept any of a spec, a preset
+name, a `Preset` or a dict of MemorySpec fields.
+"""
+
+from dataclasses import dataclass
+
+from .spec import MemorySpec
+
+ALPHA_MODES = ("data", "constant")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model: its memory `spec`, the update it amounts to (`rule`, plain text) and the layer choices
+    the name implies (`alpha_mode`: "data", α_t from the token, or "constant", one learned α per head)."""
+
+    name: str
+    spec: MemorySpec
+    rule: str
+    alpha_mode: str = "data"
+
+    def __post_init__(self):
+        if self.alpha_mode not in ALPHA_MODES:
+            raise ValueError(f"alpha_mode={self.alpha_mode!r} is not supported; allowed values: {ALPHA_MODES}")
+
+    def layer_options(self):
+        """The `MirasLayer` keyword arguments this preset implies."""
+        return {"alpha_mode": self.alpha_mode}
+
+
+_NAMED = (
+    Preset("linear_attention", MemorySpec(bias="dot", retention="none"), "W_t = W_{t-1} + η_t k_t v_tᵀ"),
+    Preset("retnet", MemorySpec(bias="dot", retention="l2"), "W_t = α W_{t-1} + η_t k_t v_tᵀ, one constant α per head",
+           alpha_mode="constant"),
+    Preset("mamba2", MemorySpec(bias="dot", retention="l2"), "W_t = α_t W_{t-1} + η_t k_t v_tᵀ, α_t from the token"),
+    Preset("deltanet", MemorySpec(bias="l2", retention="none", grad_at="retained"),
+           "W_t = (I - η_t k_t k_tᵀ) W_{t-1} + η_t k_t v_tᵀ"),
+    Preset("gated_deltanet", MemorySpec(bias="l2", retention="l2", grad_at="retained"),
+           "W_t = α_t (I - η_t k_t k_tᵀ) W_{t-1} + η_t k_t v_tᵀ"),
+    Preset("longhorn", MemorySpec(bias="l2", retention="none", optimizer="implicit"),
+           "W_t = W_{t-1} - ε_t k_t (k_tᵀ W_{t-1} - v_tᵀ), ε_t = η_t / (1 + η_t ‖k_t‖²)"),
+    Preset("ttt_linear", MemorySpec(bias="l2", retention="none"), "W_t = W_{t-1} - η_t k_t (k_tᵀ W_{t-1} - v_tᵀ)"),
+    Preset("ttt_mlp", MemorySpec(memory="mlp", bias="l2", retention="none"), "an MLP memory trained by gd on the l2 loss"),
+    Preset("titans", MemorySpec(memory="mlp", bias="l2", retention="l2", optimizer="momentum"),
+           "S_t = θ_t S_{t-1} - η_t ∇ℓ(W_{t-1}),  W_t = α_t W_{t-1} + S_t, an MLP memory"),
+    Preset("moneta", MemorySpec(memory="mlp", bias="lp", retention="lq", p=3.0, q=4.0),
+           "an MLP memory on the ℓ3 loss, read through the ℓ4-normalised accumulator"),
+    # Huber with an ℓ1 tail δ·e/√(e² + ε): ε = 1e-2 smooths sign(e), whose 1/√ε slope at e = 0 makes
+    # gradients through time explode with the default ε = 1e-6.
+    Preset("yaad", MemorySpec(memory="mlp", bias="huber", huber_mode="mixture", retention="l2", eps=1e-2),
+           "an MLP memory on a Huber loss (ℓ2 near 0, δ·ℓ1 beyond δ) with decay"),
+    Preset("memora", MemorySpec(memory="mlp", bias="l2", retention="kl"),
+           "an MLP memory on the l2 loss whose weights are a softmax of the accumulator (KL retention)"),
+)
+NAMED_PRESETS = {p.name: p for p in _NAMED}
+PRESETS = {p.name: p.spec for p in _NAMED}
+
+
+def named_preset(name: str) -> Preset:
+    """The `Preset` called `name`."""
+    if name not in NAMED_PRESETS:
+        raise ValueError(f"preset={name!r} is not known; allowed values: {', '.join(map(repr, NAMED_PRESETS))}")
+    return NAMED_PRESETS[name]
+
+
+def preset(name: str) -> MemorySpec:
+    """The `MemorySpec` of a known model, e.g. `preset("gated_deltanet")`."""
+    return named_preset(name).spec
+
+
+def resolve(value, name="spec"):
+    """(MemorySpec, Preset or None) from a MemorySpec, a preset name, a `Preset` or a dict of MemorySpec fields
+    (how model configs store a spec); ValueError naming `name` for anything else."""
+    if isinstance(value, Preset):
+        return value.spec, value
+    if isinstance(value, MemorySpec):
+        return value, None
+    if isinstance(value, str):
+        found = named_preset(value)
+        return found.spec, found
+    if isinstance(value, dict):
+        return MemorySpec().replace(**value), None
+    raise ValueError(f"{name}={value!r} must be a MemorySpec, a preset name or a dict of MemorySpec fields")
+
+
+def as_spec(value, name="spec") -> MemorySpec:
+    """The `MemorySpec` of anything `resolve` accepts."""
+    return resolve(value, name)[0]
