@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
-from pathlib import Path
 
 import torch
 
+from .files import atomic_write
 from .spec import MemorySpec
 
 FORMAT, VERSION = "miras_lite.checkpoint", 1
@@ -92,7 +91,8 @@ def save(path, model, extra=None):
     """Write ``model`` (its class name, ``model.config`` and ``state_dict``) and ``extra`` to ``path``.
 
     ``model.config`` must be a dict of the constructor's keyword arguments. The file is written to a
-    temporary name first and then renamed, so an interrupted save never leaves a torn checkpoint.
+    temporary name first and then renamed (`files.atomic_write`), so an interrupted save never leaves a torn
+    checkpoint.
     Returns the path.
     """
     config = getattr(model, "config", None)
@@ -110,13 +110,7 @@ def save(path, model, extra=None):
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": _encode(extra, "extra"),
     }
-    path = Path(path)
-    if path.parent != Path(""):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path, map_location="cpu"):

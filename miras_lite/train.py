@@ -2,10 +2,10 @@
 
 The loop, one optimiser step s = 1, 2, ..., steps:
 
-    inputs, labels = task.batch(batch_size, s - 1, **curriculum(s - 1))
-    loss = model(inputs, labels=labels)["loss"]             # NaN/inf guard on the loss
-    loss.backward();  g = ‖∇θ‖₂ (clipped to `clip`)          # NaN/inf guard on the gradients
-    AdamW step at lr(s):
+    inputs, labels = task.batch(batch_size, s - 1)
+    loss = model(inputs, labels=labels)["loss"]             # guard: the loss is finite
+    loss.backward();  g = ‖∇θ‖₂ (clipped to `clip`)          # guard: the gradients are finite
+    AdamW step at lr(s)                                      # guard: the weights are still finite
         lr(s) = lr · s / warmup                                          for s ≤ warmup
         lr(s) = min_lr + ½ (lr − min_lr) (1 + cos(π (s − warmup) / (steps − warmup)))   after
     every `eval_every` steps (and at the end): task.evaluate(model) -> {name: float}, stored as eval_<name>
@@ -13,8 +13,7 @@ The loop, one optimiser step s = 1, 2, ..., steps:
 Weight decay applies to matrices (≥ 2-D parameters: projections, embeddings) only, not to biases,
 norm gains or per-head gate parameters (nanoGPT's rule).
 
-The task protocol: ``task.batch(batch_size, step, **kwargs) -> (inputs, labels)`` (deterministic in
-step) and, optionally, ``task.evaluate(model) -> dict of floats``; a task without ``evaluate`` but
+The task protocol: ``task.batch(batch_size, step) -> (inputs, labels)`` (deterministic in step) and, optionally, ``task.evaluate(model) -> dict of floats``; a task without ``evaluate`` but
 with ``test_set() -> (inputs, labels)`` is scored by `evaluate` here (loss and accuracy at the
 labelled positions). The model protocol: ``model(inputs, labels=labels)`` returns a dict with
 "loss" (and "logits", for `evaluate`).
@@ -22,16 +21,22 @@ labelled positions). The model protocol: ``model(inputs, labels=labels)`` return
 Control: ``callbacks`` are called after every step with the step's metrics (a dict); one returning
 True stops the run (see `early_stop`, `ProgressBar`). ``cancel`` (a ``threading.Event`` or a
 callable returning bool) is checked before every step, so a notebook can stop a run from another
-thread. ``max_time`` stops after that many seconds of wall-clock time.
+thread. ``max_time`` stops after that many seconds of wall-clock time. A curriculum is a task too:
+`TaskStages` serves easier tasks first and switches at given steps or, with `advance_when`, once the
+loss says the current stage is learnt.
 
 Outputs in ``out_dir`` (when given): ``checkpoint.pt`` (`miras_lite.checkpoint.save`, the extra
-holds the step and the fit arguments) and ``metrics.parquet``, both rewritten at every checkpoint
-and at the end. If the loss or a gradient stops being finite, `fit` raises `TrainingDiverged`
-(step, quantity, a suggestion) after writing the metrics so far and the last finite weights.
+holds the step, the fit arguments and why the run stopped) and ``metrics.parquet``, both rewritten at
+every checkpoint and at the end, each written then renamed (`files.atomic_write`), while the run holds
+the directory's lock (`files.RunLock`). If the loss, a gradient or a weight stops being finite, `fit`
+raises `TrainingDiverged` (step, quantity, a suggestion) after writing the metrics so far; the
+checkpoint on disk is then the last one this run wrote with finite weights, and the message says
+which step it holds (or that none was written).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import sys
@@ -42,18 +47,25 @@ import polars as pl
 import torch
 
 from . import checkpoint
+from .config import FitConfig
+from .files import RunLock, atomic_write
 from .labels import IGNORE_INDEX
 
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or a gradient was not finite at ``step``; ``quantity`` says which (e.g. "loss",
-    "gradient of blocks.0.mixer.qkv_proj.weight"). ``out_dir`` holds the last good checkpoint and
-    the metrics up to the failing step (when fit was given an out_dir)."""
+    """The loss, a gradient or a weight was not finite at ``step``; ``quantity`` says which (e.g. "loss",
+    "gradient of blocks.0.mixer.qkv_proj.weight"). ``out_dir`` (when fit was given one) holds the metrics
+    up to the failing step and, when ``kept_step`` is not None, the checkpoint of that step."""
 
-    def __init__(self, step, quantity, suggestion, out_dir=None):
+    def __init__(self, step, quantity, suggestion, out_dir=None, kept_step=None):
         self.step, self.quantity, self.suggestion, self.out_dir = step, quantity, suggestion, out_dir
-        kept = f"; the last good checkpoint and metrics.parquet are in {out_dir}" if out_dir else ""
+        self.kept_step = kept_step
+        kept = ""
+        if out_dir is not None:
+            kept = (f"; {out_dir} holds metrics.parquet and the checkpoint of step {kept_step}, the last with finite "
+                    f"weights" if kept_step is not None else f"; {out_dir} holds metrics.parquet (no checkpoint with "
+                    "finite weights was written)")
         super().__init__(f"training diverged at step {step}: the {quantity} is not finite (NaN or inf). "
                          f"{suggestion}{kept}")
 
@@ -255,10 +267,10 @@ class TaskStages:
         """Index of the stage that serves 0-based ``step``."""
         return max(i for i, (start, _) in enumerate(self.stages) if start <= step)
 
-    def batch(self, batch_size, step, **kwargs):
+    def batch(self, batch_size, step):
         self.current = self.stage_index(step)
         start, task = self.stages[self.current]
-        return task.batch(batch_size, step - start, **kwargs)
+        return task.batch(batch_size, step - start)
 
     def advance(self, step):
         """Start the stage after the current one at 0-based ``step`` (if it was due later)."""
@@ -303,39 +315,6 @@ def _is_cancelled(cancel):
     return bool(cancel())
 
 
-def _curriculum_kwargs(curriculum, step):
-    """Keyword arguments for task.batch at 0-based ``step``: from a callable step -> dict, or from a
-    list of (start_step, dict) stages (the last stage whose start is ≤ step)."""
-    if curriculum is None:
-        return {}
-    if callable(curriculum):
-        return dict(curriculum(step) or {})
-    kwargs = {}
-    for start, stage in sorted(curriculum, key=lambda s: s[0]):
-        if start <= step:
-            kwargs = dict(stage)
-    return kwargs
-
-
-def _apply_curriculum(task, kwargs):
-    """Set the curriculum values the task has as (non-method) attributes, e.g. ``BabiLong.context_length``;
-    return the others, which become keyword arguments of ``task.batch``."""
-    rest = {}
-    for key, value in kwargs.items():
-        if hasattr(task, key) and not callable(getattr(task, key)):
-            setattr(task, key, value)
-        else:
-            rest[key] = value
-    return rest
-
-
-def _first_nonfinite_grad(model):
-    for name, p in model.named_parameters():
-        if p.grad is not None and not torch.isfinite(p.grad).all():
-            return name
-    return "?"
-
-
 _NONFINITE_RATE = re.compile(r"\b(eta|alpha|theta|delta): contains NaN or inf")
 
 
@@ -345,11 +324,19 @@ def _nonfinite_forward(model, error):
     NaN/inf weights or activations make `memory_scan` refuse the rates the layers compute from them (a
     ValueError "eta: contains NaN or inf ...").
     """
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            return f"parameter {name}"
+    if name := _first_nonfinite(model.named_parameters(), lambda p: p):
+        return f"parameter {name}"
     if isinstance(error, ValueError) and _NONFINITE_RATE.search(str(error)):
         return f"activations of the forward pass (memory_scan refused them: {error})"
+    return None
+
+
+def _first_nonfinite(named, tensor_of):
+    """The name of the first (name, p) whose tensor_of(p) holds a NaN or inf, else None."""
+    for name, p in named:
+        t = tensor_of(p)
+        if t is not None and not torch.isfinite(t).all():
+            return name
     return None
 
 
@@ -360,16 +347,73 @@ def _suggestion(lr, clip):
             "for MLP memories.")
 
 
-def _check_positive_int(name, value, allow_none=False, minimum=1):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}" + (" or None" if allow_none else ""))
+class _Diverged(Exception):
+    """Raised inside a step: ``quantity`` was not finite."""
+
+    def __init__(self, quantity):
+        super().__init__(quantity)
+        self.quantity = quantity
+
+
+def _train_step(model, optimizer, params, inputs, labels, lr, clip, row):
+    """One optimiser step at learning rate ``lr``; fills row["loss"], row["grad_norm"]. Raises `_Diverged`
+    (the weights then are still those before the step) when the loss or a gradient is not finite, and after
+    the step when a weight is not."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    try:
+        loss = model(inputs, labels=labels)["loss"]
+    except (ValueError, RuntimeError) as error:
+        if (quantity := _nonfinite_forward(model, error)) is None:
+            raise
+        row["loss"] = float("nan")
+        raise _Diverged(quantity) from None
+    row["loss"] = float(loss.detach())
+    if not math.isfinite(row["loss"]):
+        raise _Diverged("loss")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    row["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf")))
+    if not math.isfinite(row["grad_norm"]):
+        name = _first_nonfinite(model.named_parameters(), lambda p: p.grad)
+        optimizer.zero_grad(set_to_none=True)
+        raise _Diverged(f"gradient of {name or '?'}")
+    optimizer.step()
+    if name := _first_nonfinite(model.named_parameters(), lambda p: p):
+        raise _Diverged(f"parameter {name} after the optimiser step")
+
+
+def _evaluate_into(row, evaluator, model, start, cpu_start):
+    t0 = time.perf_counter()
+    result = evaluator(model)
+    row.update({k if k.startswith("eval_") else f"eval_{k}": float(v) for k, v in result.items()})
+    row["eval_s"] = time.perf_counter() - t0
+    row["time_s"] = time.perf_counter() - start
+    row["cpu_s"] = time.process_time() - cpu_start
+
+
+class _Outputs:
+    """What a run writes to ``out_dir``: metrics.parquet and checkpoint.pt, each atomically; remembers the
+    step of the last checkpoint it wrote."""
+
+    def __init__(self, out_dir, model, task, fit_args):
+        self.out_dir, self.model, self.task, self.fit_args = out_dir, model, task, fit_args
+        self.kept_step = None
+
+    def write(self, rows, step, reason=None):
+        if self.out_dir is None:
+            return
+        frame = _frame(rows)
+        atomic_write(self.out_dir / "metrics.parquet", frame.write_parquet)
+        if checkpoint.all_finite(self.model):  # else keep the previous (last good) checkpoint
+            checkpoint.save(self.out_dir / "checkpoint.pt", self.model,
+                            extra={"step": step, "fit": self.fit_args, "stopped": reason, "task": _plain(self.task)})
+            self.kept_step = step
 
 
 def fit(model, task, steps=1000, batch_size=32, lr=3e-3, weight_decay=0.1, warmup=None, min_lr=None, clip=1.0,
-        eval_every=None, eval_from=0, callbacks=(), cancel=None, out_dir=None, checkpoint_every=None,
-        curriculum=None, seed=0, max_time=None, betas=(0.9, 0.95), eval_batch_size=256, verbose=False):
+        eval_every=None, callbacks=(), cancel=None, out_dir=None, checkpoint_every=None, seed=0, max_time=None,
+        betas=(0.9, 0.95), eval_batch_size=256, verbose=False):
     """Train ``model`` on ``task`` with AdamW, warmup + cosine and gradient clipping (module docstring).
 
     Args:
@@ -378,144 +422,95 @@ def fit(model, task, steps=1000, batch_size=32, lr=3e-3, weight_decay=0.1, warmu
         warmup: linear warmup steps (default min(100, steps // 10)).
         clip: max global gradient norm (None or 0: no clipping; the norm is still logged).
         eval_every: evaluate every that many steps (default steps // 10; 0: only at the end).
-        eval_from: no periodic evaluation before this step (e.g. while `TaskStages` is still on an
-            easier task); the final evaluation always runs.
         callbacks: callables ``f(row: dict)``; returning True stops the run.
-        cancel: ``threading.Event`` or callable returning bool, checked before every step.
+        cancel: ``threading.Event`` or callable returning bool, checked before every step (an Event with a
+            ``reason`` attribute: that reason is recorded as why the run stopped).
         out_dir: where checkpoint.pt and metrics.parquet go (None: nothing is written).
         checkpoint_every: steps between checkpoints (default: at every evaluation; always at the end).
-        curriculum: callable ``step -> dict`` or list of ``(start_step, dict)`` (0-based steps): values the
-            task has as attributes are set on it (e.g. ``BabiLong.context_length``, the number of ARMT
-            segments), the others are passed to ``task.batch`` as keyword arguments; scalar values are
-            logged as columns. (`TaskStages` switches between whole tasks instead.)
         seed: ``torch.manual_seed`` at the start (dropout, sampling in the model).
         max_time: stop after this many seconds (wall clock, evaluations included).
         verbose: print a progress bar to stderr.
 
+    Every setting is checked first (`config.FitConfig`): a ValueError names a bad one.
+
     Returns a polars DataFrame, one row per step: step, loss, lr, grad_norm, tokens_per_s, time_s
     (wall clock since the start), cpu_s (CPU time of this process since the start, all threads: less
-    sensitive than time_s to other processes on the machine), the curriculum values, and eval_<name> / eval_s (seconds the
-    evaluation took) on evaluation steps (null elsewhere). The model is left in eval mode.
+    sensitive than time_s to other processes on the machine), eval_<name> / eval_s (seconds the evaluation
+    took) on evaluation steps (null elsewhere). The model is left in eval mode.
 
-    Raises `TrainingDiverged` when the loss or a gradient is not finite.
+    Raises `TrainingDiverged` when the loss, a gradient or a weight is not finite.
     """
-    _check_positive_int("steps", steps)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("eval_every", eval_every, allow_none=True, minimum=0)
-    _check_positive_int("checkpoint_every", checkpoint_every, allow_none=True)
-    _check_positive_int("warmup", warmup, allow_none=True, minimum=0)
-    _check_positive_int("eval_from", eval_from, minimum=0)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr={lr!r} must be a number > 0")
+    settings = FitConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+                         min_lr=min_lr, clip=clip, eval_every=eval_every, checkpoint_every=checkpoint_every,
+                         max_time=max_time)
     if not hasattr(task, "batch"):
         raise ValueError(f"task: {type(task).__name__} has no batch(batch_size, step) method")
     warmup = min(100, steps // 10) if warmup is None else warmup
     min_lr = lr / 10 if min_lr is None else min_lr
     evaluator = _evaluator(task, eval_batch_size)
-    if eval_every is None:
-        eval_every = max(1, steps // 10)
-    if evaluator is None:
-        eval_every = 0
-    if checkpoint_every is None:
-        checkpoint_every = eval_every
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    eval_every = 0 if evaluator is None else max(1, steps // 10) if eval_every is None else eval_every
+    checkpoint_every = eval_every if checkpoint_every is None else checkpoint_every
     callbacks = list(callbacks)
     bar = ProgressBar(steps) if verbose else None
     if bar is not None:
         callbacks.append(bar)
-    fit_args = dict(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
-                    min_lr=min_lr, clip=clip, eval_every=eval_every, seed=seed)
-
-    torch.manual_seed(seed)
-    model.train()
-    optimizer = make_optimizer(model, lr, weight_decay, betas)
-    params = [p for p in model.parameters() if p.requires_grad]
-    rows, start, cpu_start, step = [], time.perf_counter(), time.process_time(), 0
-
-    def write(step_done, reason=None):
-        if out_dir is None:
-            return
-        frame = _frame(rows)
-        frame.write_parquet(out_dir / "metrics.parquet")
-        if checkpoint.all_finite(model):  # else keep the previous (last good) checkpoint
-            checkpoint.save(out_dir / "checkpoint.pt", model,
-                            extra={"step": step_done, "fit": fit_args, "stopped": reason, "task": _plain(task)})
-
-    def run_eval(row):
-        t0 = time.perf_counter()
-        result = evaluator(model)
-        row.update({f"eval_{k}" if not k.startswith("eval_") else k: float(v) for k, v in result.items()})
-        row["eval_s"] = time.perf_counter() - t0
-        row["time_s"] = time.perf_counter() - start
-        row["cpu_s"] = time.process_time() - cpu_start
-
-    stopped = None
-    for step in range(1, steps + 1):
-        if _is_cancelled(cancel):
-            stopped = "cancelled"
-            step -= 1
-            break
-        t0 = time.perf_counter()
-        kwargs = _curriculum_kwargs(curriculum, step - 1)
-        inputs, labels = task.batch(batch_size, step - 1, **_apply_curriculum(task, kwargs))
-        current_lr = lr_at(step, steps, lr, warmup, min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = current_lr
-        row = {"step": step, "lr": current_lr}
-        row.update({k: v for k, v in kwargs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        quantity, loss = None, None
-        try:
-            loss = model(inputs, labels=labels)["loss"]
-            row["loss"] = float(loss.detach())
-        except (ValueError, RuntimeError) as error:
-            quantity = _nonfinite_forward(model, error)
-            if quantity is None:
-                raise
-            row["loss"] = float("nan")
-        if quantity is None and not math.isfinite(row["loss"]):
-            quantity = "loss"
-        if quantity is None:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
-            row["grad_norm"] = float(norm)
-            if not math.isfinite(row["grad_norm"]):
-                quantity = f"gradient of {_first_nonfinite_grad(model)}"
-        if quantity is not None:
-            row.update(tokens_per_s=float("nan"), time_s=time.perf_counter() - start)
-            rows.append(row)
-            optimizer.zero_grad(set_to_none=True)
-            write(step - 1, reason=f"diverged at step {step}")  # the weights are still those after step - 1
-            if bar is not None:
-                bar.close()
-            raise TrainingDiverged(step, quantity, _suggestion(lr, clip), out_dir)
-        optimizer.step()
-        elapsed = time.perf_counter() - t0
-        row["tokens_per_s"] = inputs.numel() / max(elapsed, 1e-9)
-        row["time_s"] = time.perf_counter() - start
-        row["cpu_s"] = time.process_time() - cpu_start
-        if eval_every and ((step % eval_every == 0 and step >= eval_from) or step == steps):
-            run_eval(row)
-        rows.append(row)
-        if any([cb(row) is True for cb in callbacks]):  # a list: every callback sees every row
-            stopped = f"a callback stopped the run at step {step}"
-        elif max_time is not None and row["time_s"] >= max_time:
-            stopped = f"max_time={max_time}s reached at step {step}"
-        if checkpoint_every and step % checkpoint_every == 0 and step != steps and not stopped:
-            write(step)
-        if stopped:
-            break
-    if rows and evaluator is not None and stopped and "eval_s" not in rows[-1] and stopped != "cancelled":
-        run_eval(rows[-1])
-    if bar is not None:
-        bar.close()
-    write(step, reason=stopped)
+    out_dir = None if out_dir is None else Path(out_dir)
+    fit_args = dict(settings.fit_kwargs(), warmup=warmup, min_lr=min_lr, eval_every=eval_every, seed=seed)
+    try:
+        with RunLock(out_dir) if out_dir is not None else contextlib.nullcontext():
+            torch.manual_seed(seed)
+            model.train()
+            rows, stopped = _loop(model, task, settings, warmup, min_lr, eval_every, checkpoint_every, evaluator,
+                                  callbacks, cancel, betas, _Outputs(out_dir, model, task, fit_args), lr, clip)
+    finally:
+        if bar is not None:
+            bar.close()
     if verbose:
         print(summarize(_frame(rows), stopped), file=sys.stderr, flush=True)
     model.eval()
     return _frame(rows)
+
+
+def _loop(model, task, settings, warmup, min_lr, eval_every, checkpoint_every, evaluator, callbacks, cancel, betas,
+          outputs, lr, clip):
+    """The steps of `fit` -> (rows, why it stopped early or None)."""
+    steps = settings.steps
+    optimizer = make_optimizer(model, lr, settings.weight_decay, betas)
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows, start, cpu_start, step, stopped = [], time.perf_counter(), time.process_time(), 0, None
+    for step in range(1, steps + 1):
+        if _is_cancelled(cancel):
+            stopped, step = getattr(cancel, "reason", None) or "cancelled", step - 1
+            break
+        t0 = time.perf_counter()
+        inputs, labels = task.batch(settings.batch_size, step - 1)
+        row = {"step": step, "lr": lr_at(step, steps, lr, warmup, min_lr)}
+        try:
+            _train_step(model, optimizer, params, inputs, labels, row["lr"], clip, row)
+        except _Diverged as diverged:
+            row.update(tokens_per_s=float("nan"), time_s=time.perf_counter() - start)
+            rows.append(row)
+            outputs.write(rows, step - 1, reason=f"diverged at step {step}")
+            raise TrainingDiverged(step, diverged.quantity, _suggestion(lr, clip), outputs.out_dir,
+                                   outputs.kept_step) from None
+        row["tokens_per_s"] = inputs.numel() / max(time.perf_counter() - t0, 1e-9)
+        row["time_s"] = time.perf_counter() - start
+        row["cpu_s"] = time.process_time() - cpu_start
+        if eval_every and (step % eval_every == 0 or step == steps):
+            _evaluate_into(row, evaluator, model, start, cpu_start)
+        rows.append(row)
+        if any([cb(row) is True for cb in callbacks]):  # a list: every callback sees every row
+            stopped = f"a callback stopped the run at step {step}"
+        elif settings.max_time is not None and row["time_s"] >= settings.max_time:
+            stopped = f"max_time={settings.max_time}s reached at step {step}"
+        if stopped:
+            break
+        if checkpoint_every and step % checkpoint_every == 0 and step != steps:
+            outputs.write(rows, step)
+    if rows and evaluator is not None and stopped and "eval_s" not in rows[-1] and not _is_cancelled(cancel):
+        _evaluate_into(rows[-1], evaluator, model, start, cpu_start)
+    outputs.write(rows, step, reason=stopped)
+    return rows, stopped
 
 
 def _plain(task):
@@ -538,4 +533,5 @@ def _frame(rows):
     return pl.from_dicts(rows, infer_schema_length=None)
 
 
-__all__ = ["ProgressBar", "TaskStages", "advance_when", "TrainingDiverged", "early_stop", "evaluate", "fit", "lr_at", "make_optimizer", "summarize"]
+__all__ = ["ProgressBar", "TaskStages", "advance_when", "TrainingDiverged", "early_stop", "evaluate", "fit", "lr_at",
+           "make_optimizer", "summarize"]

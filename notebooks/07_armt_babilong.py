@@ -15,6 +15,7 @@ with app.setup(hide_code=True):
 
     import miras_lite as ml
     from miras_lite.tasks import BabiLong, babilong_accuracy, babilong_sample
+    from miras_lite.config import ARMTConfig, BabiLongConfig, FitConfig, RunConfig
     from miras_lite.ui import quick_mode
 
     QUICK = quick_mode()
@@ -185,9 +186,9 @@ def _():
     mo.md(r"""
     ## 3. A short training run on qa1
 
-    `ml.fit(model, BabiLong("qa1", ...))` with a small curriculum: contexts of 64 tokens (one segment
-    plus the question) for the first half, then 192 tokens (three segments: the answer must cross at least
-    one memory write). AdamW at $3\cdot10^{-3}$, batches of 32, a held-out test set of 100 stories. This
+    A `RunConfig` with a small curriculum: contexts of 64 tokens (one segment plus the question) for the
+    first half, then 192 tokens (three segments: the answer must cross at least one memory write), the
+    length the held-out stories have. AdamW at $3\cdot10^{-3}$, batches of 32, a held-out test set of 100 stories. This
     is a few minutes on this CPU, so it waits for the button; quick mode trains a handful of steps only
     (accuracy at chance, but every chart below still runs).
     """)
@@ -207,14 +208,12 @@ def _():
 def train_armt(steps, batch_size=32, test_examples=100):
     """A fresh ARMT (ARMT_CONFIG) trained `steps` steps on qa1 (64 tokens, then 192 from steps // 2)
     -> (model, per-step metrics)."""
-    task = BabiLong("qa1", context_length=64, test_examples=test_examples)
-    torch.manual_seed(0)
-    model = ml.ARMT(task.vocab_size, **ARMT_CONFIG)
+    run = RunConfig(task=BabiLongConfig("qa1", context_length=192, test_examples=test_examples),
+                    model=ARMTConfig(**ARMT_CONFIG),
+                    fit=FitConfig(steps=steps, batch_size=batch_size, lr=3e-3, eval_every=max(1, steps // 6)),
+                    curriculum=((0, {"context_length": 64}), (steps // 2, {})))
     with mo.status.progress_bar(total=steps, title="training ARMT on qa1") as bar:
-        log = ml.fit(model, task, steps=steps, batch_size=batch_size, lr=3e-3, eval_every=max(1, steps // 6),
-                     curriculum=[(0, {"context_length": 64}), (steps // 2, {"context_length": 192})],
-                     callbacks=[lambda row: bar.update(subtitle=f"loss {row['loss']:.3f}")])
-    return model, log
+        return run.train(callbacks=[lambda row: bar.update(subtitle=f"loss {row['loss']:.3f}")])
 
 
 @app.cell

@@ -1,55 +1,55 @@
-"""`python -m miras_lite.bench scan --quick` prints one table with a row per (bias, T)."""
+"""The benchmark commands (`benchmarks/`) run end to end in their quick modes and write their results files."""
 
 import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
+
+import miras_lite as ml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_scan_quick_table():
-    result = subprocess.run(
-        [sys.executable, "-m", "miras_lite.bench", "scan", "--quick", "--repeats", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = [line for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
-    header, rule, *rows = lines
-    assert header.split() == ["bias", "T", "loop_s", "exact_s", "chunked_s", "speedup"]
-    assert set(rule) == {"-"}
-    assert len(rows) == 6, result.stdout
-    seen = set()
-    for row in rows:
-        bias, T, loop_s, exact_s, chunked_s, speedup = row.split()
-        seen.add((bias, int(T)))
-        assert float(loop_s) > 0 and float(chunked_s) > 0
-        # only l2 has an exact chunk-parallel form (the delta rule); the other biases run the loop
-        assert (exact_s != "-") == (bias == "l2") and (exact_s == "-" or float(exact_s) > 0)
-        assert speedup.endswith("x") and float(speedup[:-1]) > 0
-    assert seen == {(b, T) for b in ("l2", "lp", "huber[coord]") for T in (64, 256)}
+def _run(*args):
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
 
 
-def test_bench_requires_a_command():
-    result = subprocess.run(
-        [sys.executable, "-m", "miras_lite.bench"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 2 and "command" in result.stderr
+def test_scan_benchmark_times_every_bias_and_length(tmp_path):
+    out = tmp_path / "scan.parquet"
+    _run("-m", "benchmarks.scan", "--quick", "--repeats", "1", "--loop-repeats", "1", "--out", str(out))
+    frame = pl.read_parquet(out)
+    assert set(frame.select("bias", "T").iter_rows()) == {(b, T) for b in ("l2", "lp", "huber[coord]") for T in (64, 256)}
+    assert (frame["loop_s"] > 0).all() and (frame["chunked_s"] > 0).all() and (frame["speedup"] > 0).all()
+    # only l2 has an exact chunk-parallel form (the delta rule); the other biases run the loop
+    assert frame.filter(pl.col("exact_s").is_not_null())["bias"].unique().to_list() == ["l2"]
 
 
-def test_bench_train_armt_quick(tmp_path):
-    """`bench train --specs armt_qa1 --quick`: trains a tiny ARMT, saves the run, prints accuracy per length."""
-    out = tmp_path / "armt"
-    result = subprocess.run(
-        [sys.executable, "-m", "miras_lite.bench", "train", "--quick", "--specs", "armt_qa1", "--threads", "1",
-         "--armt-out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    lines = [line.split() for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
-    header, rule, *rows = lines
-    assert header == ["context", "samples", "accuracy", "target", "met", "stream", "tok/s", "load"]
-    assert [int(r[0]) for r in rows] == [64, 256] and all(0 <= float(r[2]) <= 1 for r in rows)
-    assert {"checkpoint.pt", "metrics.parquet", "run.json"} <= {p.name for p in out.iterdir()}
-    evaluated = subprocess.run([sys.executable, "-m", "miras_lite", "eval", str(out), "--lengths", "64", "--samples", "2"],
-                               cwd=ROOT, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    assert evaluated.returncode == 0, evaluated.stderr[-4000:]
+def test_benchmarks_refuse_bad_options():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.scan", "--repeats", "0"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--repeats must be >= 1" in result.stderr
+
+
+def test_mqar_benchmark_trains_each_recipe(tmp_path):
+    out = tmp_path / "mqar.parquet"
+    _run("-m", "benchmarks.mqar", "--quick", "--final-examples", "16", "--specs", "gated_deltanet", "lp+lq",
+         "--out", str(out))
+    frame = pl.read_parquet(out)
+    assert frame["spec"].to_list() == ["gated_deltanet", "lp+lq"] and frame["budget_s"].to_list() == [180.0, 300.0]
+    assert frame["final_acc"].is_between(0, 1).all() and (frame["steps"] >= 1).all()
+    assert frame["met"].dtype == pl.Boolean
+
+
+def test_armt_benchmark_trains_saves_and_streams(tmp_path):
+    run_dir, out = tmp_path / "armt", tmp_path / "armt.parquet"
+    _run("-m", "benchmarks.armt", "--quick", "--run-dir", str(run_dir), "--out", str(out))
+    frame = pl.read_parquet(out)
+    assert frame["context"].to_list() == [64, 256] and frame["accuracy"].is_between(0, 1).all()
+    assert {"checkpoint.pt", "metrics.parquet", "run.json"} <= {p.name for p in run_dir.iterdir()}
+    assert ml.load(run_dir / "checkpoint.pt").config["conv_size"] == 3
+    evaluated = _run("-m", "miras_lite", "eval", str(run_dir), "--lengths", "64", "--samples", "2")
     assert "held-out samples" in evaluated.stdout and "streamed accuracy vs context length" in evaluated.stdout

@@ -14,6 +14,7 @@ import torch
 
 import miras_lite as ml
 from miras_lite import checkpoint
+from miras_lite.config import MirasLMConfig, MQARConfig, RunConfig
 from miras_lite.models import MirasLM
 from miras_lite.tasks.mqar import MQAR
 from miras_lite.train import TaskStages, TrainingDiverged, advance_when, early_stop, evaluate, fit, lr_at
@@ -131,24 +132,26 @@ class RecordingTask:
     def __init__(self, name="t"):
         self.name, self.length, self.calls = name, 16, []
 
-    def batch(self, batch_size, step, **kwargs):
-        self.calls.append((step, self.length, kwargs))
+    def batch(self, batch_size, step):
+        self.calls.append((step, self.length, {}))
         x = torch.randint(0, 64, (batch_size, self.length), generator=torch.Generator().manual_seed(step))
         y = torch.full_like(x, -100)
         y[:, -1] = x[:, 0]
         return x, y
 
 
-def test_curriculum_sets_task_attributes_or_passes_batch_kwargs():
-    task = RecordingTask()
-    metrics = fit(tiny_model(), task, steps=4, batch_size=2, eval_every=0,
-                  curriculum=[(0, {"length": 8}), (2, {"length": 12, "flag": 1})])
-    assert [(s, n) for s, n, _ in task.calls] == [(0, 8), (1, 8), (2, 12), (3, 12)]
-    assert [kw for _, _, kw in task.calls] == [{}, {}, {"flag": 1}, {"flag": 1}]
-    assert metrics["length"].to_list() == [8, 8, 12, 12]
-    task = RecordingTask()
-    fit(tiny_model(), task, steps=3, batch_size=2, eval_every=0, curriculum=lambda step: {"length": 4 + step})
-    assert [n for _, n, _ in task.calls] == [4, 5, 6]
+def test_run_config_curriculum_serves_each_stage_and_evaluates_the_run_task():
+    """A curriculum is stages of the run's own task with some fields replaced (`TaskStages`)."""
+    run = RunConfig(task=MQARConfig(vocab_size=64, seq_len=32, num_kv_pairs=4, train_examples=64, test_examples=8),
+                    model=MirasLMConfig(d_model=16, n_layers=1, num_heads=1),
+                    curriculum=((0, {"seq_len": 16, "num_kv_pairs": 2}), (2, {})))
+    task = run.build_task()
+    assert [task.batch(2, step)[0].shape[1] for step in range(4)] == [16, 16, 32, 32]
+    assert task.eval_task.seq_len == 32 and task.eval_task.pairs == (4,)
+    metrics = fit(run.build_model(task.vocab_size), task, steps=4, batch_size=2, eval_every=2)
+    assert metrics["eval_accuracy"].drop_nulls().len() == 2
+    with pytest.raises(ValueError, match="seq_len"):
+        run.replace(curriculum=((0, {"seq_len": 4}),))
 
 
 def test_task_stages_switch_tasks_and_evaluate_the_last():
@@ -354,14 +357,3 @@ def test_cli_spec_parsing():
     assert parse_spec("bias=lp,retention=lq,p=2.5") == ml.MemorySpec(bias="lp", retention="lq", p=2.5)
     with pytest.raises(ValueError, match="unknown field"):
         parse_spec("colour=red")
-
-
-def test_bench_train_quick_table():
-    result = _run("-m", "miras_lite.bench", "train", "--quick", "--threads", "1", "--final-examples", "16",
-                  "--eval-examples", "16", "--specs", "gated_deltanet", "lp+lq")
-    lines = [line.split() for line in result.stdout.splitlines() if line.strip() and not line.startswith("#")]
-    header, rule, *rows = lines
-    assert header[:3] == ["spec", "target_s", "time_to_0.99_s"] and "final_acc" in header and header[-1] == "met"
-    assert [r[0] for r in rows] == ["gated_deltanet", "lp+lq"] and [r[1] for r in rows] == ["180", "300"]
-    for row in rows:
-        assert 0 <= float(row[header.index("final_acc")]) <= 1 and row[-1] in ("yes", "no")

@@ -1,14 +1,16 @@
-"""A sweep file (TOML) -> `Sweep`: the fixed settings, the search space and the trial plan.
+"""A sweep file (TOML) -> `Sweep`: the fixed settings, the search space and the trial plan; each planned
+configuration is a `config.RunConfig`.
 
     name = "mqar_axes"              # the Optuna study name
     sampler = "grid"                # "grid": every combination of [space]; "random": n_trials draws
     n_trials = 24                   # random only
     seed = 0                        # the sampler's seed: the plan is the same on every run
 
-    [task]    MQAR arguments (vocab_size, seq_len, num_kv_pairs, ...) and eval_pairs
-    [model]   MirasLM arguments (d_model, n_layers, num_heads, chunk_size, ...)
+    [task]    `config.MQARConfig` fields (vocab_size, seq_len, num_kv_pairs, ..., eval_pairs)
+    [model]   `config.MirasLMConfig` fields (d_model, n_layers, num_heads, chunk_size, eta_max, ...)
     [spec]    preset = "name" and/or MemorySpec fields (bias, retention, memory, optimizer, p, q, ...)
-    [fit]     ml.fit arguments (steps, batch_size, lr, warmup, clip, ...)
+    [fit]     `config.FitConfig` fields (steps, batch_size, lr, warmup, clip, ...; eval_every defaults to 0:
+              a trial is scored once, at the end, on its recall curve)
     [optuna]  heartbeat_interval, grace_period (seconds), max_retry
     [space]   seed = [0, 1]  and sub-tables [space.task] / [space.model] / [space.spec] / [space.fit]:
               name = [v1, v2, ...] (a categorical axis) or, for sampler = "random" only,
@@ -17,42 +19,39 @@
 A trial's parameters are named as in their section (`bias`, `lr`, `d_model`, ...; a name may appear
 in one section only). A trial's seed (model initialisation, data, `fit`) is 0 unless [space] lists
 seeds. The plan is drawn with Optuna's `GridSampler` / `RandomSampler` seeded with `seed`, so every
-run of the same file plans the same configurations (what makes re-runs resumable).
+run of the same file plans the same configurations (what makes re-runs resumable). Every planned
+configuration is built as a `RunConfig` when the file is parsed, so a bad value is refused at once with
+a ValueError naming it, before any worker starts.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
-from itertools import product
 from math import prod
 from pathlib import Path
 
 import optuna
 
-from ..models import MirasLM
-from ..presets import preset
+from ..config import FitConfig, MirasLMConfig, MQARConfig, RunConfig
 from ..spec import MemorySpec
-from ..tasks.mqar import MQAR
-from ..train import fit
 
 SAMPLERS = ("grid", "random")
 OPTUNA_DEFAULTS = {"heartbeat_interval": 10, "grace_period": 30, "max_retry": 2}
 
 
-def _parameters(function, *excluded):
-    return {name for name in inspect.signature(function).parameters if name not in {"self", *excluded}}
+def _fields(config):
+    return {f.name for f in fields(config)} - {"name"}
 
 
-# the keys each section accepts: the arguments of what it configures
+# the keys each section accepts: the fields of the run configuration's section
 SECTION_KEYS = {
-    "task": _parameters(MQAR.__init__, "seed") | {"eval_pairs"},
-    "model": _parameters(MirasLM.__init__, "vocab_size", "spec"),
+    "task": _fields(MQARConfig),
+    "model": _fields(MirasLMConfig),
     "spec": {f.name for f in fields(MemorySpec)} | {"preset"},
-    "fit": _parameters(fit, "model", "task", "callbacks", "cancel", "out_dir", "seed", "curriculum", "verbose"),
+    "fit": _fields(FitConfig),
 }
 
 
@@ -76,37 +75,32 @@ class Sweep:
         """The trial plan: a tuple of parameter dicts, the same in every process."""
         return tuple(_draw_plan(self))
 
-    def settings(self, params):
-        """The full settings of one trial: {"task", "model", "spec", "fit": dicts, "seed": int}."""
-        out = {section: dict(values) for section, values in self.fixed.items()}
-        out["seed"] = 0
+    def run_config(self, params):
+        """The `RunConfig` of one planned configuration (raises ValueError naming a bad value)."""
+        sections = {section: dict(values) for section, values in self.fixed.items()}
+        sections["fit"].setdefault("eval_every", 0)
+        seed = 0
         for name, value in params.items():
             if self.section_of[name] == "seed":
-                out["seed"] = value
+                seed = value
             else:
-                out[self.section_of[name]][name] = value
-        out["spec"] = resolve_spec(out["spec"])
-        return out
+                sections[self.section_of[name]][name] = value
+        return RunConfig(task=sections["task"], model=sections["model"], spec=sections["spec"], fit=sections["fit"],
+                         seed=seed)
+
+    def settings(self, params):
+        """One trial's settings as plain data: `RunConfig.to_dict`, with the spec's every field (and "preset":
+        the base preset's name or None), so a table of trials can show the memory's axes."""
+        run = self.run_config(params)
+        spec = run.memory_spec()
+        fields_ = asdict(spec if isinstance(spec, MemorySpec) else spec.spec)
+        base = run.spec.get("preset") if isinstance(run.spec, dict) else run.spec
+        return {**run.to_dict(), "spec": {"preset": base, **fields_}}
 
 
 def config_key(params):
     """The identity of a configuration in the study: its parameters as canonical JSON."""
     return json.dumps(params, sort_keys=True)
-
-
-def resolve_spec(section):
-    """[spec] -> the fields of a `MemorySpec` (a preset's, with the given fields replaced)."""
-    section = dict(section)
-    name = section.pop("preset", None)
-    spec = preset(name).replace(**section) if name else MemorySpec(**section)
-    return {"preset": name, **asdict(spec)}
-
-
-def model_spec(spec):
-    """MirasLM's ``spec`` argument from resolved [spec] fields: the preset's name when the fields are the
-    preset's own (MirasLM then keeps the preset's layer options, e.g. retnet's constant α), else a MemorySpec."""
-    memory_spec = MemorySpec(**{k: v for k, v in spec.items() if k != "preset"})
-    return spec["preset"] if spec["preset"] and preset(spec["preset"]) == memory_spec else memory_spec
 
 
 def suggest(trial, space):
@@ -199,8 +193,8 @@ def parse_sweep(data, path=None):
         raise ValueError(f"[optuna]: allowed keys are {', '.join(OPTUNA_DEFAULTS)}")
     sweep = Sweep(data["name"], sampler, data.get("seed", 0), n_trials, _check_fixed(data), space, section_of,
                   optuna_settings, path)
-    for values in product(*(v for v in space.values() if isinstance(v, list))):
-        sweep.settings(dict(zip([k for k, v in space.items() if isinstance(v, list)], values)))  # checks every spec
+    for params in sweep.plan:
+        sweep.run_config(params)  # every planned configuration is valid, or this names what is not
     return sweep
 
 

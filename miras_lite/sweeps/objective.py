@@ -12,29 +12,22 @@ from __future__ import annotations
 import time
 
 import optuna
-import torch
 
-from ..models import MirasLM
 from ..tasks.mqar import MQAR
-from ..train import TrainingDiverged, fit
-from .config import config_key, model_spec, suggest
+from ..train import TrainingDiverged
+from .config import config_key, suggest
 
 
-def train_trial(settings):
-    """Train the MirasLM of ``settings`` (`Sweep.settings`) on its MQAR task; returns the trial's
-    metrics: recall, accuracy_by_pairs [{num_kv_pairs, accuracy}], final_loss, loss_curve, train_s.
-    Raises `TrainingDiverged` as `fit` does."""
-    task_args = dict(settings["task"])
-    eval_pairs = task_args.pop("eval_pairs", None)
-    seed = settings["seed"]
-    task = MQAR(**task_args, seed=seed)
-    torch.manual_seed(seed)
-    model = MirasLM(task.vocab_size, spec=model_spec(settings["spec"]), **settings["model"])
+def train_trial(run):
+    """Train the `RunConfig` ``run`` (an MQAR task); returns the trial's metrics: recall, accuracy_by_pairs
+    [{num_kv_pairs, accuracy}], final_loss, loss_curve, train_s. Raises `TrainingDiverged` as `fit` does."""
     start = time.perf_counter()
-    metrics = fit(model, task, seed=seed, eval_every=0, **settings["fit"])
+    model, metrics = run.train()
     train_s = time.perf_counter() - start
-    probe = MQAR(task.vocab_size, task.seq_len, eval_pairs or list(task.pairs), train_examples=None,
-                 test_examples=task.test_examples, seed=seed)
+    task = run.task
+    trained = task.num_kv_pairs if isinstance(task.num_kv_pairs, tuple) else (task.num_kv_pairs,)
+    probe = MQAR(task.vocab_size, task.seq_len, task.eval_pairs or trained, train_examples=None,
+                 test_examples=task.test_examples, seed=run.seed)
     scores = probe.evaluate(model)
     curve = [{"num_kv_pairs": d, "accuracy": scores[f"accuracy@{d}"]} for d in probe.pairs]
     return {"recall": sum(point["accuracy"] for point in curve) / len(curve), "accuracy_by_pairs": curve,
@@ -57,10 +50,9 @@ def objective(sweep):
         if config_key(params) != trial.user_attrs["config_key"]:
             raise ValueError(f"trial {trial.number}: its parameters {params} are not the queued configuration "
                              f"{trial.user_attrs['config_key']} (was the sweep file changed under a running study?)")
-        settings = sweep.settings(params)
-        trial.set_user_attr("settings", settings)
+        trial.set_user_attr("settings", sweep.settings(params))
         try:
-            result = train_trial(settings)
+            result = train_trial(sweep.run_config(params))
         except TrainingDiverged as error:
             trial.set_user_attr("status", "diverged")
             trial.set_user_attr("reason", str(error))

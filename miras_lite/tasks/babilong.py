@@ -375,7 +375,7 @@ def _question_ids(tokenizer, question):
     return torch.from_numpy(ids)
 
 
-def _check_task(task, context_length):
+def check_task(task, context_length):
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not supported; allowed values: {', '.join(map(repr, TASKS))}")
     check_int("context_length", context_length, minimum=0)
@@ -388,7 +388,7 @@ def babilong_sample(task="qa1", context_length=1000, seed=0, filler=None, tokeni
     filler: None (shipped generator), a text file path, or a filler object. tokenizer: None builds the
     default vocabulary extended by the filler's words.
     """
-    _check_task(task, context_length)
+    check_task(task, context_length)
     filler = _resolve_filler(filler)
     tok = _resolve_tokenizer(tokenizer, filler)
     entropy = [int(s) for s in (seed if isinstance(seed, (tuple, list)) else (seed,))]
@@ -463,7 +463,7 @@ class BabiLong:
 
     def __init__(self, task="qa1", context_length=512, filler=None, tokenizer=None, test_examples=200, seed=0,
                  questions="one"):
-        _check_task(task, context_length)
+        check_task(task, context_length)
         if questions not in ("one", "all"):
             raise ValueError(f"questions={questions!r} is not supported; allowed values: 'one', 'all'")
         self.task, self.context_length, self.seed, self.test_examples = task, context_length, seed, test_examples

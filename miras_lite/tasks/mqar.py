@@ -41,10 +41,14 @@ __all__ = ["IGNORE", "MQAR", "mqar", "gap_distribution", "accuracy_by_pairs", "a
 # ----------------------------------------------------------------------------------------- checks
 
 
-def _check_shape(vocab_size, seq_len, num_kv_pairs):
+def check_shape(vocab_size, seq_len, num_kv_pairs):
+    """ValueError naming the argument unless an MQAR example of this shape exists: D pairs take 2D tokens and
+    their D queries need room after them, so L >= 4D; keys come from [1, V/2), so D < V/2."""
     check_int("vocab_size", vocab_size, 4)
     check_int("num_kv_pairs", num_kv_pairs, 1)
-    check_int("seq_len", seq_len, 4 * num_kv_pairs)
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 4 * num_kv_pairs:
+        raise ValueError(f"seq_len={seq_len!r} must be an integer >= 4 × num_kv_pairs = {4 * num_kv_pairs} (the "
+                         f"{num_kv_pairs} pairs take {2 * num_kv_pairs} tokens and their queries need room after them)")
     if num_kv_pairs > vocab_size // 2 - 1:
         raise ValueError(f"num_kv_pairs={num_kv_pairs} needs that many distinct keys in [1, vocab_size/2) = "
                          f"[1, {vocab_size // 2}); use num_kv_pairs <= {vocab_size // 2 - 1} or a larger vocab_size")
@@ -88,7 +92,7 @@ def mqar(vocab_size, seq_len, num_kv_pairs, num_examples, power_a=0.01, random_n
     Returns (inputs, labels), LongTensors [num_examples, seq_len]; labels are −100 except at the D query
     positions, where they hold the value paired with the queried key. Deterministic in `seed`.
     """
-    _check_shape(vocab_size, seq_len, num_kv_pairs)
+    check_shape(vocab_size, seq_len, num_kv_pairs)
     check_int("num_examples", num_examples, 0)
     N, L, D, V = num_examples, seq_len, num_kv_pairs, vocab_size
     gen = torch.Generator().manual_seed(int(seed))
@@ -138,7 +142,7 @@ class MQAR:
         if not self.pairs:
             raise ValueError("num_kv_pairs must be an int >= 1 or a non-empty sequence of them")
         for d in self.pairs:
-            _check_shape(vocab_size, seq_len, d)
+            check_shape(vocab_size, seq_len, d)
         if train_examples is not None:
             check_int("train_examples", train_examples, len(self.pairs))
         check_int("test_examples", test_examples, 1)

@@ -1,0 +1,95 @@
+"""`python -m benchmarks.armt`: ARMT on BABILong-style qa1, trained on short contexts, streamed to 1M tokens.
+
+The recipe grows the context over a curriculum, as ARMT's own training grows the number of segments
+(arXiv 2407.04841): no filler first (story and question share a segment, so attention alone answers and
+the fact-reading circuit forms), then 256 ... 2048 tokens, where the question has a segment of its own
+and the answer can only come through the memory. Each stage starts once the mean training loss of 20
+steps is below `advance_below`; training batches ask every answerable question of the story. The budget
+is CPU time on one thread. The trained run is saved (a run directory `eval` reads), then streamed
+(`ARMT.stream`, constant memory) at each context length of the table.
+"""
+
+import argparse
+import os
+import sys
+
+import polars as pl
+
+from miras_lite.config import ARMTConfig, BabiLongConfig, FitConfig, RunConfig
+from miras_lite.tasks.babilong import babilong_accuracy
+
+from .common import machine_line, print_table
+
+LENGTHS = (0, 256, 512, 1024, 2048)
+RECIPE = RunConfig(
+    task=BabiLongConfig("qa1", context_length=LENGTHS[-1], test_examples=64, questions="all"),
+    model=ARMTConfig(d_model=64, n_layers=2, num_heads=4, segment_size=128, num_mem_tokens=8, conv_size=6),
+    fit=FitConfig(steps=3000, batch_size=32, lr=3e-3, warmup=30, eval_every=0),
+    curriculum=tuple((0 if i == 0 else 3000, {"context_length": n}) for i, n in enumerate(LENGTHS)),
+    advance_below=0.4, threads=1)
+BUDGET_CPU_S = 600.0
+EVALUATION = ((2048, 100), (16_384, 50), (65_536, 20), (1_048_576, 3))  # (context length, samples)
+TARGETS = {65_536: 0.9, 1_048_576: 0.8}
+
+QUICK = RECIPE.replace(task=RECIPE.task.replace(context_length=32, test_examples=4),
+                       model=ARMTConfig(d_model=16, n_layers=1, num_heads=2, segment_size=16, num_mem_tokens=2,
+                                        conv_size=3),
+                       fit=RECIPE.fit.replace(steps=6, batch_size=4, warmup=2),
+                       curriculum=((0, {"context_length": 0}), (6, {"context_length": 32})))
+QUICK_EVALUATION = ((64, 2), (256, 1))
+
+
+def _progress(row):
+    if row["step"] % 50 == 0:
+        print(f"# step {row['step']} loss {row['loss']:.3f} {row['time_s']:.0f}s {row['cpu_s']:.0f} CPU-s",
+              file=sys.stderr, flush=True)
+    return False  # never asks fit to stop
+
+
+def length_rows(model, evaluation, seed=0):
+    """Streamed accuracy per (context length, samples), next to `TARGETS`."""
+    rows = []
+    for length, samples in evaluation:
+        frame = babilong_accuracy(model, "qa1", [length], num_samples=samples, segment_size=model.segment_size,
+                                  seed=seed)
+        rows.append({"context": length, "samples": samples, "accuracy": frame["accuracy"][0],
+                     "target": TARGETS.get(length), "tokens_per_s": frame["tokens_per_s"][0],
+                     "load": os.getloadavg()[0]})
+    return rows
+
+
+def run(args):
+    recipe, evaluation = (QUICK, QUICK_EVALUATION) if args.quick else (RECIPE, EVALUATION)
+    print(f"# ARMT qa1: {recipe.to_dict()}; at most {BUDGET_CPU_S:.0f} CPU-s; {machine_line()}", flush=True)
+    callbacks = [lambda row: row["cpu_s"] >= BUDGET_CPU_S] + ([_progress] if args.progress else [])
+    model, metrics = recipe.train(out_dir=args.run_dir, callbacks=callbacks)
+    last = metrics.row(-1, named=True)
+    print(f"# trained {last['time_s']:.0f}s ({last['cpu_s']:.0f} CPU-s), {last['step']} steps; final training loss "
+          f"{metrics['loss'][-20:].mean():.3f}; saved {args.run_dir}", flush=True)
+    rows = length_rows(model, evaluation)
+    print_table(("context", "samples", "accuracy", "target", "met", "stream_tok/s", "load"),
+                [(r["context"], r["samples"], f"{r['accuracy']:.3f}", "-" if r["target"] is None else r["target"],
+                  "-" if r["target"] is None else "yes" if r["accuracy"] >= r["target"] else "no",
+                  f"{r['tokens_per_s']:,.0f}", f"{r['load']:.1f}") for r in rows])
+    frame = pl.DataFrame(rows)
+    if args.out:
+        frame.write_parquet(args.out)
+    return frame
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m benchmarks.armt", description=__doc__.split("\n\n")[0])
+    p.add_argument("--run-dir", default="runs/armt-qa1", help="where the trained run is saved (default runs/armt-qa1)")
+    p.add_argument("--quick", action="store_true", help="a tiny ARMT for a few steps (a smoke test)")
+    p.add_argument("--progress", action="store_true", help="print the loss every 50 steps to stderr")
+    p.add_argument("--out", help="write the accuracy table here (parquet)")
+    return p
+
+
+def main(argv=None):
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
