@@ -5,10 +5,12 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 import miras_lite as ml
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 def _run(*args):

@@ -16,6 +16,8 @@ TIMEOUT_MS = 60_000
 VIEWPORT = {"width": 1280, "height": 4400}
 STEP = re.compile(r"step (\d+)/(\d+)")
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 
 @pytest.fixture()
 def browser():

@@ -10,6 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
 
+pytestmark = pytest.mark.slow
+
 
 def _env():
     env = dict(os.environ)

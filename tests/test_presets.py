@@ -7,6 +7,7 @@ W is Dk×Dv, the prediction for key k is kᵀW, the read is o_t = q_tᵀ W_t), o
 import pytest
 import torch
 
+import cases
 import miras_lite as ml
 from miras_lite.presets import PRESETS, preset
 from miras_lite.spec import MemorySpec
@@ -239,3 +240,16 @@ def test_read_memory_answers_like_the_scan(name):
     q, k, v = (torch.randn(2, 6, 3, 4, dtype=torch.float64) for _ in range(3))
     o, state = ml.memory_scan(q, k, v, eta=0.1, alpha=0.9 if spec.retention != "none" else 1.0, theta=0.5, spec=spec)
     torch.testing.assert_close(ml.read_memory(spec, state.W, q[:, -1:]), o[:, -1:])
+
+
+def test_cases_cover_every_axis_value():
+    """The axis values every reference test runs (tests/cases.py) are exactly the library's."""
+    from miras_lite import spec
+
+    assert set(cases.MEMORIES) == set(spec.MEMORIES)
+    assert {c["bias"] for c in cases.BIASES} == {c["bias"] for c in cases.BIAS_CASES.values()} == set(spec.BIASES)
+    for bias_cases in (cases.BIASES, list(cases.BIAS_CASES.values())):
+        assert {c["huber_mode"] for c in bias_cases if c["bias"] == "huber"} == set(spec.HUBER_MODES)
+    assert set(cases.RETENTIONS) == set(spec.RETENTIONS)
+    assert set(cases.OPTIMIZERS) == set(spec.OPTIMIZERS)
+    assert set(cases.GRAD_POINTS) == set(spec.GRAD_POINTS)

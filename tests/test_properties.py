@@ -14,6 +14,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import miras_lite as ml
+from cases import BIASES as BIAS_CASE_LIST
+from cases import GRAD_POINTS as GRAD_AT
+from cases import MEMORIES, OPTIMIZERS, RETENTIONS
 from miras_lite.spec import MemorySpec
 from reference import assert_close, reference_minibatch_scan, reference_scan
 
@@ -21,12 +24,8 @@ from reference import assert_close, reference_minibatch_scan, reference_scan
 #   MIRAS_HYPOTHESIS_EXAMPLES=2000 HYPOTHESIS_PROFILE=miras-random pytest tests/test_properties.py
 SCALE = int(os.environ.get("MIRAS_HYPOTHESIS_EXAMPLES", "60")) / 60
 
-MEMORIES = ("linear", "mlp")
-BIASES = ("dot", "l2", "lp", "huber", "robust")
-HUBER_MODES = ("coord", "norm", "mixture")
-RETENTIONS = ("none", "l2", "lq", "kl", "elastic")
-OPTIMIZERS = ("gd", "momentum", "implicit")
-GRAD_AT = ("previous", "retained")
+BIASES = tuple(dict.fromkeys(case["bias"] for case in BIAS_CASE_LIST))
+HUBER_MODES = tuple(case["huber_mode"] for case in BIAS_CASE_LIST if case["bias"] == "huber")
 
 
 BAD_FIELD_VALUES = dict(

@@ -1,4 +1,4 @@
-"""memory_scan(chunk_size=None) against the slow reference (DESIGN §2-3), for every valid spec.
+"""memory_scan(chunk_size=None) against the slow reference (docs/design.md §2-3), for every valid spec.
 
 Every combination memory × bias (huber in its three modes) × retention × optimizer × grad_at is
 either compared with `reference_scan` in float64 to 1e-6 relative (outputs, A, S and W), or - when
@@ -12,6 +12,9 @@ import torch
 
 import miras_lite as ml
 from miras_lite.spec import MemorySpec
+from cases import BIAS_CASES as BIASES
+from cases import GRAD_POINTS as GRAD_AT
+from cases import MEMORIES, OPTIMIZERS, RETENTIONS
 from reference import (
     assert_close,
     impl_state,
@@ -19,20 +22,6 @@ from reference import (
     reference_minibatch_scan,
     reference_scan,
 )
-
-MEMORIES = ("linear", "mlp")
-BIASES = {
-    "dot": dict(bias="dot"),
-    "l2": dict(bias="l2"),
-    "lp": dict(bias="lp", p=3.0),
-    "huber_coord": dict(bias="huber", huber_mode="coord", delta=0.5),
-    "huber_norm": dict(bias="huber", huber_mode="norm", delta=1.0),
-    "huber_mixture": dict(bias="huber", huber_mode="mixture", delta=1.0),
-    "robust": dict(bias="robust", robust_delta=0.5),
-}
-RETENTIONS = ("none", "l2", "lq", "kl", "elastic")
-OPTIMIZERS = ("gd", "momentum", "implicit")
-GRAD_AT = ("previous", "retained")
 
 ALL_COMBOS = list(itertools.product(MEMORIES, BIASES, RETENTIONS, OPTIMIZERS, GRAD_AT))
 

@@ -145,6 +145,8 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks/NN_*.py found"
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_report_renders_offline(notebook, browser, tmp_path):
     output = tmp_path / f"{notebook.stem}.html"
@@ -192,6 +194,8 @@ def _():
 """
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_report_chart_selections_work(browser, tmp_path):
     notebook = tmp_path / "selection.py"
     notebook.write_text(SELECTION_NOTEBOOK)

@@ -115,6 +115,7 @@ def test_bad_sweep_files_raise_value_errors_naming_the_entry(data, message):
     assert message in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_random_sweep_runs_its_drawn_configurations_once_and_a_rerun_skips_them(tmp_path):
     path = tmp_path / "random.toml"
     path.write_text(TINY.format(name="random", steps=2, seeds=[0], lrs=[1e-2]).replace('sampler = "grid"', (
@@ -169,6 +170,8 @@ def postgres_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_postgres_sweep_with_two_workers_records_every_trial_and_diverged_ones(tmp_path, postgres_url):
     sweep = tiny_sweep(tmp_path, "pg_two_workers")
     out = tmp_path / "trials.parquet"
@@ -214,6 +217,7 @@ def _has_heartbeat(database, number):
                           (number,)).fetchone() is not None
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_trial_loses_no_finished_trial_and_its_trial_is_retried(tmp_path):
     # 1000 steps: a trial lasts about 2 s, far longer than it takes to see it started and kill the worker
     sweep = tiny_sweep(tmp_path, "killed", steps=1000, seeds=(0, 1, 2), lrs=(1e-2,))
@@ -266,6 +270,7 @@ def test_a_worker_killed_mid_trial_loses_no_finished_trial_and_its_trial_is_retr
     assert frame.filter(pl.col("retry_of") == killed[0])["status"].to_list() == ["complete"]
 
 
+@pytest.mark.slow
 def test_a_worker_killed_between_writing_metrics_and_finishing_its_trial_shows_the_trial_failed(tmp_path):
     """The objective writes a trial's metrics before Optuna marks it complete; a worker killed in between
     leaves a running trial with metrics, which the stale check fails: the frame must say failed."""
@@ -281,6 +286,7 @@ def test_a_worker_killed_between_writing_metrics_and_finishing_its_trial_shows_t
     assert row["status"] == "failed" and "no heartbeat" in row["reason"]
 
 
+@pytest.mark.slow
 def test_a_trial_taken_by_a_worker_that_died_before_starting_it_is_queued_again(tmp_path):
     """A worker killed between taking a trial and its first heartbeat leaves a RUNNING trial that Optuna's
     stale check never fails: after grace_period the re-run fails it and queues its configuration again."""

@@ -34,6 +34,7 @@ def tiny_task(**kwargs):
 # ---------------------------------------------------------------------------------------- learning
 
 
+@pytest.mark.slow
 def test_short_mqar_run_learns():
     """MQAR with 4 pairs over 32 keys / 32 values: held-out accuracy far above chance (1/32) within
     300 steps (measured: 0.81 at step 300; ~10 s on one core)."""
@@ -317,6 +318,7 @@ def _run(*args, timeout=300):
     return result
 
 
+@pytest.mark.slow
 def test_cli_train_then_eval(tmp_path):
     out = tmp_path / "run"
     result = _run("-m", "miras_lite", "train", "--task", "mqar", "--preset", "gated_deltanet", "--steps", "12",
@@ -336,6 +338,7 @@ def test_cli_train_then_eval(tmp_path):
     assert all(0 <= float(r[1]) <= 1 for r in rows)
 
 
+@pytest.mark.slow
 def test_cli_babilong_armt_stages_advance_on_the_loss(tmp_path):
     """The ARMT qa1 recipe's options end to end: staged lengths advancing on the loss, every question asked,
     the conv; the run is saved with them and `eval --lengths` streams it."""

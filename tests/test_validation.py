@@ -7,18 +7,19 @@ import pytest
 import torch
 
 import miras_lite as ml
+from cases import BIASES, GRAD_POINTS, MEMORIES, OPTIMIZERS, RETENTIONS
 from miras_lite.spec import MemorySpec
 
 
 # --- MemorySpec -------------------------------------------------------------------------------------
 
 CHOICES = {
-    "memory": ("linear", "mlp"),
-    "bias": ("dot", "l2", "lp", "huber", "robust"),
-    "retention": ("none", "l2", "lq", "kl", "elastic"),
-    "optimizer": ("gd", "momentum", "implicit"),
-    "grad_at": ("previous", "retained"),
-    "huber_mode": ("coord", "norm", "mixture"),
+    "memory": MEMORIES,
+    "bias": tuple(dict.fromkeys(case["bias"] for case in BIASES)),
+    "retention": RETENTIONS,
+    "optimizer": OPTIMIZERS,
+    "grad_at": GRAD_POINTS,
+    "huber_mode": tuple(case["huber_mode"] for case in BIASES if case["bias"] == "huber"),
 }
 
 
