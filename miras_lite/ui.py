@@ -1,4 +1,6 @@
-"""What the marimo notebooks share beyond the library itself."""
+"""What the marimo notebooks share beyond the library itself: the quick mode, the spec controls, chart
+idioms (legend highlighting, accuracy axes with a chance line, learning curves) and live training in a
+background thread."""
 
 import os
 import sys
@@ -42,3 +44,117 @@ def chosen_spec(base, *dropdowns):
         return base.replace(**{axis: dropdown.value for axis, dropdown in zip(AXES, dropdowns)}), None
     except ValueError as error:
         return None, str(error)
+
+
+# ----------------------------------------------------------------------------------------------- charts
+
+
+def legend_pick(field):
+    """(selection, opacity): click a legend entry of `field` to pick out its marks, the others fade. Add the
+    selection to one chart with `.add_params(selection)` and encode `opacity=opacity` where it applies."""
+    import altair as alt
+
+    pick = alt.selection_point(fields=[field], bind="legend")
+    return pick, alt.condition(pick, alt.value(1.0), alt.value(0.12))
+
+
+def accuracy_axis(title="held-out accuracy"):
+    """A y encoding of "accuracy" fixed to [0, 1], so chance never looks like learning."""
+    import altair as alt
+
+    return alt.Y("accuracy:Q", title=title, scale=alt.Scale(domain=[0, 1]))
+
+
+def chance_rule(chance, title="held-out accuracy"):
+    """A dashed horizontal rule at the chance accuracy, on `accuracy_axis`."""
+    import altair as alt
+    import polars as pl
+
+    return alt.Chart(pl.DataFrame({"accuracy": [chance]})).mark_rule(strokeDash=[4, 4], color="gray").encode(
+        y=accuracy_axis(title), tooltip=[alt.Tooltip("accuracy:Q", title="chance", format=".3f")])
+
+
+def held_out_metric(metrics):
+    """The held-out column of a run's metrics: accuracy (MQAR) or bits per token (language model)."""
+    return "eval_accuracy" if "eval_accuracy" in metrics.columns else "eval_bits_per_token"
+
+
+def learning_curves(metrics, title):
+    """Training loss (every step) and the held-out score (every evaluation) against the step."""
+    import altair as alt
+    import polars as pl
+
+    loss = alt.Chart(metrics.select("step", "loss", "time_s")).mark_line(color="#4c78a8").encode(
+        x=alt.X("step:Q", title="step"),
+        y=alt.Y("loss:Q", title="training loss (cross-entropy)"),
+        tooltip=["step:Q", alt.Tooltip("loss:Q", format=".3f"), alt.Tooltip("time_s:Q", format=".1f")],
+    ).properties(width=300, height=220, title="training loss")
+    column = held_out_metric(metrics)
+    if column not in metrics.columns:
+        return loss.properties(title=title)
+    name = column.removeprefix("eval_").replace("_", " ")
+    evals = metrics.filter(pl.col(column).is_not_null()).select("step", "time_s", pl.col(column).alias("score"))
+    score = alt.Chart(evals).mark_line(point=True, color="#e45756").encode(
+        x=alt.X("step:Q", title="step"),
+        y=alt.Y("score:Q", title=name,
+                scale=alt.Scale(domain=[0, 1]) if column == "eval_accuracy" else alt.Scale(zero=False)),
+        tooltip=["step:Q", alt.Tooltip("score:Q", format=".3f"), alt.Tooltip("time_s:Q", format=".1f")],
+    ).properties(width=300, height=220, title="held-out " + name)
+    return alt.hconcat(loss, score).properties(title=title)
+
+
+# ------------------------------------------------------------------------------------------ live runs
+
+
+def train_live(run, stop, output_index=1):
+    """Train the `RunConfig` `run` in the calling marimo thread, with a progress bar and learning curves drawn
+    into the cell's output (at `output_index`), redrawn at every evaluation and at most twice a second.
+
+    `stop` (a threading.Event) cancels after the running step, and so does the cell running again (then
+    nothing more is drawn: a newer run owns the output). Returns (model, metrics, status, error message):
+    status "finished", "cancelled" or "failed".
+    """
+    import marimo as mo
+    import polars as pl
+
+    from .train import TrainingDiverged
+
+    thread = mo.current_thread()
+    rows, last_draw = [], [0.0]
+    mo.output.clear()
+
+    def cancelled():
+        return stop.is_set() or thread.should_exit
+
+    with mo.status.progress_bar(total=run.fit.steps, title="training", remove_on_exit=False) as bar:
+
+        def draw(row):
+            rows.append(row)
+            if thread.should_exit:
+                return False
+            bar.update(subtitle=f"step {row['step']}/{run.fit.steps} · loss {row['loss']:.3f}")
+            if "eval_s" in row or row["time_s"] - last_draw[0] > 0.5:
+                last_draw[0] = row["time_s"]
+                mo.output.replace_at_index(learning_curves(pl.from_dicts(rows), "learning live"), output_index)
+            return False
+
+        model, error = None, None
+        try:
+            model, metrics = run.train(callbacks=[draw], cancel=cancelled)
+        except (ValueError, TrainingDiverged) as err:
+            metrics, error = (pl.from_dicts(rows) if rows else None), str(err)
+    done = 0 if metrics is None or metrics.height == 0 else metrics["step"][-1]
+    status = "failed" if error else "finished" if done == run.fit.steps or not cancelled() else "cancelled"
+    return model, metrics, status, error
+
+
+def start_thread(target, wait):
+    """Run `target` in a marimo thread (the kernel stays free for clicks, e.g. Cancel); `wait`: join it, as a
+    script or a static report must, so the cells below see its result."""
+    import marimo as mo
+
+    thread = mo.Thread(target=target, daemon=True)
+    thread.start()
+    if wait:
+        thread.join()
+    return thread

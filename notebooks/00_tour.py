@@ -105,7 +105,7 @@ def known_models(spec):
 
 @app.function
 def update_equations(spec):
-    """The update rule of `spec` (DESIGN §2-3) as KaTeX lines."""
+    """The update rule of `spec` (docs/design.md §2-3) as KaTeX lines."""
     linear = spec.memory == "linear"
     identity = spec.identity_readout
     lines = []

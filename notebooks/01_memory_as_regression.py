@@ -10,6 +10,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
+    from miras_lite.ui import legend_pick
     from miras_lite.tasks.probes import capacity_curve, kv_stream
 
     # The two memories of this notebook: the dot bias (linear attention) and the l2 bias (delta rule).
@@ -192,7 +193,7 @@ def _(history, time_step):
             for _bias, (_, _err) in history.items()
         ]
     )
-    _pick = alt.selection_point(fields=["bias"], bind="legend")
+    _pick, _opacity = legend_pick("bias")
     _bars = (
         alt.Chart(_errors)
         .mark_bar()
@@ -201,7 +202,7 @@ def _(history, time_step):
             xOffset="bias:N",
             y=alt.Y("error:Q", title="relative error from W_t"),
             color=alt.Color("bias:N", scale=BIAS_COLORS, title="bias (click)"),
-            opacity=alt.condition(_pick, alt.value(1.0), alt.value(0.15)),
+            opacity=_opacity,
             tooltip=["bias:N", "pair:O", alt.Tooltip("error:Q", format=".4f")],
         )
         .add_params(_pick)
@@ -346,11 +347,11 @@ def _(sweep_keys):
 
 @app.cell(hide_code=True)
 def _(capacity):
-    _pick = alt.selection_point(fields=["bias"], bind="legend")
+    _pick, _opacity = legend_pick("bias")
     _base = alt.Chart(capacity).encode(
         color=alt.Color("bias:N", scale=BIAS_COLORS, title="bias (click)"),
         strokeDash=alt.StrokeDash("Dk:O", title="Dk"),
-        opacity=alt.condition(_pick, alt.value(1.0), alt.value(0.15)),
+        opacity=_opacity,
         tooltip=[
             "bias:N", "Dk:O", "N:Q", alt.Tooltip("load:Q", format=".2f"),
             alt.Tooltip("recalled fraction:Q", format=".2f"), alt.Tooltip("pairs recalled:Q", format=".1f"),

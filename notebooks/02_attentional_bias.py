@@ -12,6 +12,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
+    from miras_lite.ui import legend_pick
     from miras_lite.bias import bias_gradient
     from miras_lite.spec import BIASES, HUBER_MODES
     from miras_lite.tasks.probes import kv_stream, probe_recall
@@ -25,7 +26,7 @@ def _():
     # The attentional bias: what the memory calls an error
 
     A test-time memory learns by gradient steps on an inner loss $\ell(M(k_t), v_t)$, the
-    **attentional bias**. For a linear memory with gradient descent (DESIGN §2) one write is
+    **attentional bias**. For a linear memory with gradient descent one write is
     $$
     e_t = k_t W_{t-1} - v_t, \qquad g_t = \frac{\partial \ell}{\partial \hat v}\Big|_{\hat v = k_t W_{t-1}}, \qquad
     W_t = W_{t-1} - \eta_t\, k_t^\top g_t .
@@ -108,11 +109,11 @@ def _(specs):
 
 @app.cell(hide_code=True)
 def _(curves):
-    _pick = alt.selection_point(fields=["bias"], bind="legend")
+    _pick, _opacity = legend_pick("bias")
     _base = alt.Chart(curves).encode(
         x=alt.X("e:Q", title="error e = prediction − value"),
         color=alt.Color("bias:N", scale=BIAS_COLORS, title="bias (click)"),
-        opacity=alt.condition(_pick, alt.value(1.0), alt.value(0.12)),
+        opacity=_opacity,
         tooltip=[
             "bias:N", alt.Tooltip("e:Q", format=".2f"), alt.Tooltip("loss ℓ(e):Q", format=".3f"),
             alt.Tooltip("gradient g(e):Q", format=".3f"),

@@ -12,6 +12,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
+    from miras_lite.ui import legend_pick
     from miras_lite.spec import RETENTIONS
     from miras_lite.tasks.probes import forgetting_curve, kv_stream
 
@@ -29,7 +30,7 @@ def _():
 
     Every write adds a step $U_t = -\eta_t\, k_t^\top g_t$ to an accumulator $A$; the **retention gate**
     decides what happens to the old contents, and the memory that is read is $W_t = \mathcal{N}(A_t)$
-    (DESIGN §2, step 5):
+    (step 5 of the update rule in the tour, notebook 00):
 
     | retention | update | read-out $W_t$ | forgets by |
     |:--|:--|:--|:--|
@@ -125,11 +126,11 @@ def _(alphas, eta, key_dim, n_pairs, specs):
 
 @app.cell(hide_code=True)
 def _(forgetting):
-    _pick = alt.selection_point(fields=["retention"], bind="legend")
+    _pick, _opacity = legend_pick("retention")
     _base = alt.Chart(forgetting).encode(
         x=alt.X("age:Q", title="age (tokens written after the pair)"),
         color=alt.Color("retention:N", scale=RETENTION_COLORS, title="retention (click)"),
-        opacity=alt.condition(_pick, alt.value(1.0), alt.value(0.12)),
+        opacity=_opacity,
         tooltip=[
             "retention:N", "age_lo:Q", "age_hi:Q", "count:Q",
             alt.Tooltip("accuracy:Q", format=".2f", title="recalled"),
@@ -236,11 +237,11 @@ def _():
 
 @app.cell(hide_code=True)
 def _(memory_over_time):
-    _pick = alt.selection_point(fields=["retention"], bind="legend")
+    _pick, _opacity = legend_pick("retention")
     _base = alt.Chart(memory_over_time).encode(
         x=alt.X("t:Q", title="t (pairs written)"),
         color=alt.Color("retention:N", scale=RETENTION_COLORS, title="retention (click)"),
-        opacity=alt.condition(_pick, alt.value(1.0), alt.value(0.12)),
+        opacity=_opacity,
         tooltip=[
             "retention:N", "t:Q", alt.Tooltip("‖W_t‖:Q", format=".3f"),
             alt.Tooltip("fraction of zeros:Q", format=".3f"),

@@ -10,6 +10,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
+    from miras_lite.ui import legend_pick
     from miras_lite.tasks import kv_stream
 
     # A mean recall error 10× that of a memory answering 0: the memory has blown up.
@@ -115,7 +116,7 @@ def _(eta_one, theta_one):
         # float32 reaches exactly 0 at η = 1: floor it so the log axis can draw it
         pl.col("error").clip(1e-7, 1e12).alias("shown")
     )
-    _pick = alt.selection_point(fields=["optimizer"], bind="legend")
+    _pick, _opacity = legend_pick("optimizer")
     (
         alt.Chart(_frame)
         .mark_line(point=True)
@@ -123,7 +124,7 @@ def _(eta_one, theta_one):
             x=alt.X("write:Q", title="number of writes of the same pair"),
             y=alt.Y("shown:Q", scale=alt.Scale(type="log"), title="relative error ‖kW − v‖/‖v‖ (log)"),
             color=alt.Color("optimizer:N", title="optimizer (click)"),
-            opacity=alt.condition(_pick, alt.value(1.0), alt.value(0.15)),
+            opacity=_opacity,
             tooltip=["optimizer:N", "write:Q", alt.Tooltip("error:Q", format=".3g")],
         )
         .add_params(_pick)

@@ -11,7 +11,7 @@ with app.setup(hide_code=True):
 
     import miras_lite as ml
     from miras_lite.tasks import KVStream, kv_stream, probe_recall
-    from miras_lite.ui import quick_mode
+    from miras_lite.ui import legend_pick, quick_mode
 
     QUICK = quick_mode()
     DK = 8  # key = value dimension of every probe here: small, so that N > Dk stays cheap
@@ -25,7 +25,7 @@ def _():
     A linear memory $W \in \mathbb{R}^{D_k \times D_v}$ is a linear map: it can store at most $D_k$ pairs
     exactly (one per independent key direction). Past that, every key $k_u$ is a mix of the others and
     its answer $k_u W$ is blurred by their values — however well $W$ is chosen. A **deep memory**
-    replaces the matrix by a small residual MLP (DESIGN §3, as in TTT-MLP, Titans, Moneta, Yaad, Memora):
+    replaces the matrix by a small residual MLP (as in TTT-MLP, Titans, Moneta, Yaad, Memora):
 
     $$
     M(x) = x + \mathrm{LN}\big(\mathrm{GELU}(x W_\text{in})\, W_\text{out}\big),\qquad
@@ -140,7 +140,7 @@ def _(eta, expansion, n_pairs, passes):
 
 @app.cell(hide_code=True)
 def _(expansion, n_pairs, passes, recall):
-    _pick = alt.selection_point(fields=["memory"], bind="legend")
+    _pick, _opacity = legend_pick("memory")
     _chart = (
         alt.Chart(recall)
         .mark_line(point=True)
@@ -148,7 +148,7 @@ def _(expansion, n_pairs, passes, recall):
             x=alt.X("pair:O", title="key u (in writing order)"),
             y=alt.Y("error:Q", title="relative error ‖M(k_u) − v_u‖/‖v_u‖", scale=alt.Scale(domainMin=0)),
             color=alt.Color("memory:N", title="memory (click)"),
-            opacity=alt.condition(_pick, alt.value(1.0), alt.value(0.12)),
+            opacity=_opacity,
             tooltip=["memory:N", "pair:Q", alt.Tooltip("error:Q", format=".3f"), "correct:N"],
         )
         .add_params(_pick)
@@ -256,11 +256,11 @@ def _(run_sweep, sweep_eta, sweep_passes):
 
 @app.cell(hide_code=True)
 def _(capacity):
-    _pick = alt.selection_point(fields=["memory"], bind="legend")
+    _pick, _opacity = legend_pick("memory")
     _base = alt.Chart(capacity).encode(
         x=alt.X("num_pairs:Q", title="pairs N (Dk = 8)"),
         color=alt.Color("memory:N", title="memory (click)"),
-        opacity=alt.condition(_pick, alt.value(1.0), alt.value(0.12)),
+        opacity=_opacity,
         tooltip=["memory:N", "num_pairs:Q", alt.Tooltip("accuracy:Q", format=".0%"),
                  alt.Tooltip("mean_error:Q", format=".3f")],
     )

@@ -4,6 +4,7 @@ __generated_with = "0.25.2"
 app = marimo.App(width="medium", app_title="miras-lite: training playground")
 
 with app.setup(hide_code=True):
+    import dataclasses
     import threading
 
     import altair as alt
@@ -12,9 +13,10 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
-    from miras_lite.tasks.lm import LanguageModeling
+    from miras_lite.config import FitConfig, LMConfig, MirasLMConfig, MQARConfig, RunConfig
     from miras_lite.tasks.mqar import MQAR, accuracy_by_distance, accuracy_by_pairs
-    from miras_lite.ui import axis_dropdowns, chosen_spec, quick_mode
+    from miras_lite.ui import (accuracy_axis, axis_dropdowns, chance_rule, chosen_spec, held_out_metric,
+                               learning_curves, legend_pick, quick_mode, start_thread, train_live)
 
     TASKS = ("MQAR", "language model (characters)")
 
@@ -133,78 +135,20 @@ def _():
 
 
 @app.function
-def make_task(name, vocab_size, seq_len, num_kv_pairs, test_examples):
-    """The training task: MQAR(V, L, D) or character-level language modelling with windows of L."""
-    if name == "MQAR":
-        return MQAR(vocab_size=vocab_size, seq_len=seq_len, num_kv_pairs=num_kv_pairs,
-                    train_examples=4096, test_examples=test_examples)
-    return LanguageModeling(level="char", seq_len=seq_len, test_windows=test_examples)
-
-
-@app.function
-def held_out_metric(metrics):
-    """The held-out column of a run's metrics: accuracy (MQAR) or bits per token (language model)."""
-    return "eval_accuracy" if "eval_accuracy" in metrics.columns else "eval_bits_per_token"
-
-
-@app.function
-def learning_curves(metrics, title):
-    """Training loss (every step) and the held-out score (every evaluation) against the step."""
-    loss = (
-        alt.Chart(metrics.select("step", "loss", "time_s"))
-        .mark_line(color="#4c78a8")
-        .encode(
-            x=alt.X("step:Q", title="step"),
-            y=alt.Y("loss:Q", title="training loss (cross-entropy)"),
-            tooltip=["step:Q", alt.Tooltip("loss:Q", format=".3f"), alt.Tooltip("time_s:Q", format=".1f")],
-        )
-        .properties(width=300, height=220, title="training loss")
-    )
-    column = held_out_metric(metrics)
-    if column not in metrics.columns:
-        return loss.properties(title=title)
-    evals = metrics.filter(pl.col(column).is_not_null()).select("step", "time_s", pl.col(column).alias("score"))
-    score = (
-        alt.Chart(evals)
-        .mark_line(point=True, color="#e45756")
-        .encode(
-            x=alt.X("step:Q", title="step"),
-            y=alt.Y("score:Q", title=column.removeprefix("eval_").replace("_", " "),
-                    scale=alt.Scale(domain=[0, 1]) if column == "eval_accuracy" else alt.Scale(zero=False)),
-            tooltip=["step:Q", alt.Tooltip("score:Q", format=".3f"), alt.Tooltip("time_s:Q", format=".1f")],
-        )
-        .properties(width=300, height=220, title="held-out " + column.removeprefix("eval_").replace("_", " "))
-    )
-    return alt.hconcat(loss, score).properties(title=title)
-
-
-@app.function
-def train_in_cell(model, task, steps, batch_size, lr, cancel, visible):
-    """`ml.fit` with a progress bar and learning curves in the calling cell's output, redrawn at every
-    evaluation and at most twice a second (only while `visible()`). Returns (metrics, error message)."""
-    rows, last_draw = [], 0.0
-    eval_every = max(1, steps // 20)
-    mo.output.clear()
-    with mo.status.progress_bar(total=steps, title="training", remove_on_exit=False) as bar:
-
-        def draw(row):
-            nonlocal last_draw
-            rows.append(row)
-            if not visible():
-                return False
-            bar.update(subtitle=f"step {row['step']}/{steps} · loss {row['loss']:.3f}")
-            if "eval_s" in row or row["time_s"] - last_draw > 0.5:
-                last_draw = row["time_s"]
-                mo.output.replace_at_index(learning_curves(pl.from_dicts(rows), "learning live"), 1)
-            return False
-
-        try:
-            metrics = ml.fit(model, task, steps=steps, batch_size=batch_size, lr=lr, warmup=min(50, steps // 10),
-                             eval_every=eval_every, callbacks=[draw], cancel=cancel)
-            error = None
-        except (ValueError, ml.TrainingDiverged) as err:
-            metrics, error = pl.from_dicts(rows) if rows else None, str(err)
-    return metrics, error
+def playground_run(config, spec, quick):
+    """The `RunConfig` the controls describe: MQAR(V, L, D) or character-level language modelling with windows
+    of L, a MirasLM, AdamW with a short warmup and 20 evaluations."""
+    if config["task"] == "MQAR":
+        task = MQARConfig(vocab_size=config["V"], seq_len=config["L"], num_kv_pairs=config["D"], train_examples=4096,
+                          test_examples=64 if quick else 256)
+    else:
+        task = LMConfig(level="char", seq_len=config["L"])
+    steps = config["steps"]
+    return RunConfig(task=task, model=MirasLMConfig(d_model=config["d_model"], n_layers=config["layers"],
+                                                    num_heads=config["heads"]),
+                     spec=spec if isinstance(spec, str) else dataclasses.asdict(spec),
+                     fit=FitConfig(steps=steps, batch_size=config["batch"], lr=config["lr"],
+                                   warmup=min(50, steps // 10), eval_every=max(1, steps // 20)))
 
 
 @app.cell
@@ -221,39 +165,26 @@ def _(
         lr=float(lr.value),
     )
     try:
-        _task = make_task(_config["task"], _config["V"], _config["L"], _config["D"], 64 if QUICK else 256)
-        torch.manual_seed(0)
-        _model = ml.MirasLM(_task.vocab_size, d_model=_config["d_model"], n_layers=_config["layers"],
-                            num_heads=_config["heads"], spec=model_spec)
+        _run = playground_run(_config, model_spec, QUICK)
     except ValueError as _err:
         mo.stop(True, mo.callout(mo.md(f"**Cannot build this run:** {_err}"), kind="danger"))
 
     def _train():
-        thread = mo.current_thread()
-        metrics, error = train_in_cell(
-            _model, _task, _config["steps"], _config["batch"], _config["lr"],
-            cancel=lambda: stop_requested.is_set() or thread.should_exit,
-            visible=lambda: not thread.should_exit,
-        )
-        if thread.should_exit:  # this cell ran again: a newer run owns its output
+        model, metrics, status, error = train_live(_run, stop_requested)
+        if mo.current_thread().should_exit:  # this cell ran again: a newer run owns its output
             return
         failure = [mo.callout(mo.md(f"**The run failed:** {error}"), kind="danger")] if error else []
         if metrics is None or metrics.height == 0:
             mo.output.replace_at_index(mo.vstack(failure), 1)
             return
-        done = metrics["step"][-1]
-        status = "failed" if error else "finished" if done == _config["steps"] else "cancelled"
-        curves = learning_curves(metrics, f"{spec_name}: {status} after {done} steps")
+        curves = learning_curves(metrics, f"{spec_name}: {status} after {metrics['step'][-1]} steps")
         mo.output.replace_at_index(mo.vstack([curves, *failure]), 1)
         set_runs(lambda runs: [*runs, dict(
-            name=f"#{len(runs) + 1} {spec_name}", model=_model.eval(), config=_config, metrics=metrics,
-            status=status,
+            name=f"#{len(runs) + 1} {spec_name}", model=model.eval(), config=_config, run_config=_run,
+            metrics=metrics, status=status,
         )])
 
-    _thread = mo.Thread(target=_train, daemon=True)
-    _thread.start()
-    if QUICK:  # a script (or a static export) waits for the run: the cells below then show it
-        _thread.join()
+    start_thread(_train, wait=QUICK)  # a script (or a static export) waits for the run: the cells below show it
     return
 
 
@@ -287,10 +218,10 @@ def _(get_runs):
     runs = get_runs()
     mo.stop(not runs, mo.md("_No finished run yet._"))
     _curves = pl.concat([run_curves(r) for r in runs])
-    _pick = alt.selection_point(fields=["run"], bind="legend")
+    _pick, _opacity = legend_pick("run")
     _base = alt.Chart(_curves).encode(
         color=alt.Color("run:N"),
-        opacity=alt.condition(_pick, alt.value(1.0), alt.value(0.15)),
+        opacity=_opacity,
         tooltip=["run:N", "step:Q", alt.Tooltip("time_s:Q", format=".1f"), alt.Tooltip("loss:Q", format=".3f"),
                  alt.Tooltip("held_out:Q", format=".3f")],
     )
@@ -374,9 +305,8 @@ def _(QUICK, run_choice, runs):
 @app.cell(hide_code=True)
 def _(by_distance, by_pairs, is_mqar, run):
     mo.stop(not is_mqar, mo.md("_Accuracy by pairs and by distance are MQAR measurements: pick an MQAR run._"))
-    _accuracy = alt.Y("accuracy:Q", title="held-out accuracy", scale=alt.Scale(domain=[0, 1]))
-    _chance = alt.Chart(pl.DataFrame({"accuracy": [2 / run["config"]["V"]]})).mark_rule(
-        strokeDash=[4, 4], color="gray").encode(y=_accuracy, tooltip=[alt.Tooltip("accuracy:Q", title="chance")])
+    _accuracy = accuracy_axis()
+    _chance = chance_rule(2 / run["config"]["V"])
     _pairs = alt.Chart(by_pairs).mark_bar().encode(
         x=alt.X("num_kv_pairs:O", title=f"pairs D (trained on {run['config']['D']})"),
         y=_accuracy,
@@ -437,8 +367,7 @@ def gate_traces(model, tokens):
 
 @app.cell
 def _(run):
-    _sample = make_task(run["config"]["task"], run["config"]["V"], run["config"]["L"], run["config"]["D"], 1)
-    sample_tokens, sample_labels = (t[:1] for t in _sample.test_set())
+    sample_tokens, sample_labels = (t[:1] for t in run["run_config"].task.build(0).test_set())
     gates, mixer_inputs = gate_traces(run["model"], sample_tokens)
     return gates, mixer_inputs, sample_labels
 

@@ -1,6 +1,6 @@
 """Slow, independent reference recurrences for `miras_lite.memory_scan`.
 
-Written straight from DESIGN.md §2-4 and the helpers' CONTRACT.md, for tests only:
+Written straight from docs/design.md §2-4, for tests only:
 
 * plain python loops over batch, head and token, plain torch ops on small matrices;
 * the MLP-memory gradient is taken with `torch.autograd.grad` on a tiny per-token graph (with
@@ -24,7 +24,7 @@ LN_EPS = 1e-5
 
 
 # ----------------------------------------------------------------------------------------------
-# Building blocks (each one a line of DESIGN.md)
+# Building blocks (each one a line of docs/design.md)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -78,7 +78,7 @@ def predict(params, x, spec):
 
 
 def bias_grad(e, v, spec, delta=None):
-    """g = ∂ℓ/∂prediction as a function of the error e = pred − v (DESIGN §2 step 2).
+    """g = ∂ℓ/∂prediction as a function of the error e = pred − v (docs/design.md §2 step 2).
 
     `delta` (optional) replaces spec.delta for the huber bias (a per-token threshold δ_t)."""
     eps = spec.eps
@@ -120,7 +120,7 @@ def memory_gradient(P, k, v, spec, delta=None):
 
 
 def optimizer_step(P, S_prev, k, v, eta, theta, spec, delta=None):
-    """(U, S_new) of DESIGN §2 step 4 with the gradient taken at P."""
+    """(U, S_new) of docs/design.md §2 step 4 with the gradient taken at P."""
     if spec.optimizer == "implicit":
         (W,) = P
         e = k @ W - v
@@ -226,7 +226,7 @@ def _finish(spec, o, As, Ss, Ws, hist, B, H, return_history):
 
 
 # ----------------------------------------------------------------------------------------------
-# Exact recurrence (DESIGN §2-3)
+# Exact recurrence (docs/design.md §2-3)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -272,7 +272,7 @@ def reference_scan(q, k, v, eta, alpha, theta, spec, initial_state=None, return_
 
 
 # ----------------------------------------------------------------------------------------------
-# Mini-batch (chunked) semantics (DESIGN §4 + CONTRACT "Chunked"), as a slow token loop
+# Mini-batch (chunked) semantics (docs/design.md §4), as a slow token loop
 # ----------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""memory_scan(chunk_size=C): the mini-batch semantics of DESIGN §4 / CONTRACT "Chunked".
+"""memory_scan(chunk_size=C): the mini-batch semantics of docs/design.md §4.
 
 * against `reference_minibatch_scan` (a slow token loop) for every bias × retention × optimizer ×
   grad_at × memory, with C in {2, 3} and T not a multiple of C;

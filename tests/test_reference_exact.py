@@ -272,7 +272,7 @@ def test_continue_from_state(memory, fields):
 
 
 def test_S_is_zero_without_momentum():
-    """CONTRACT: state.S is zeros unless optimizer == "momentum" (even if a MemoryState with S is given)."""
+    """docs/design.md §5: state.S is zeros unless optimizer == "momentum" (even if a MemoryState with S is given)."""
     spec = MemorySpec(bias="l2", retention="l2")
     d = random_inputs(spec.replace(optimizer="momentum"), T=5, seed=12, init_momentum=True)
     _, st = ml.memory_scan(d["q"], d["k"], d["v"], eta=d["eta"], alpha=d["alpha"], spec=spec,

@@ -143,7 +143,7 @@ def lm_output(hidden, head, labels):
 
     Without labels: ``{"loss": None, "logits": [B, T, V]}``. With labels ``[B, T]`` (aligned with the
     inputs: the logit at position t is scored against ``labels[:, t]``; -100 = no label): the head runs
-    ONLY on the labelled positions (DESIGN §7), ``logits`` is ``[N, V]`` in row-major order of
+    ONLY on the labelled positions (docs/design.md §7), ``logits`` is ``[N, V]`` in row-major order of
     ``labels != -100``, ``loss`` is the mean cross-entropy there (0, still differentiable, when N = 0),
     ``label_mask`` is that mask and ``predictions`` ``[B, T]`` holds the argmax at labelled positions and
     -100 elsewhere.

@@ -42,7 +42,7 @@ class MirasLM(TokenLM):
     ``forward(input_ids [B, T], labels=None)`` returns a dict: without labels ``{"loss": None,
     "logits": [B, T, V]}``; with labels ``[B, T]`` (aligned with the inputs — the logit at position t is
     scored against ``labels[:, t]``, no shift; -100 marks positions without a label) the head runs only
-    on the labelled positions (DESIGN §7): ``logits`` ``[N, V]`` in row-major order of ``labels != -100``,
+    on the labelled positions (docs/design.md §7): ``logits`` ``[N, V]`` in row-major order of ``labels != -100``,
     ``loss`` the mean cross-entropy there, ``label_mask`` ``[B, T]`` and ``predictions`` ``[B, T]``
     (argmax at labelled positions, -100 elsewhere).
 
