@@ -5,10 +5,15 @@ the first row that computes the requested semantics for the spec, the options an
 reasons the rows before it were passed over. A new bias, retention, chunk rule or kernel is one row (and,
 when no existing predicate fits, one coverage predicate below).
 
-| semantics | what it computes | chunk_size |
+| semantics | what it computes | chunk_size, chunk_rule |
 |---|---|---|
 | "exact" | the exact recurrence of docs/design.md §2-3 | None |
-| "minibatch" | the mini-batch rule of docs/design.md §4 (gradients at the chunk start) | C |
+| "minibatch" | the mini-batch rule of docs/design.md §4 (gradients at the chunk start) | C, "minibatch" |
+| "boundary" | the boundary rule: non-linear read-outs at chunk boundaries only (`ops/boundary.py`) | C, "boundary" |
+
+Rows named "any/..." are aliases: where two semantics coincide they send the scan to the rows of the other
+(the exact recurrence of a dot-bias linear memory is its mini-batch rule; the boundary rule of a retention
+without a non-linear read-out is the mini-batch rule), with the same backend.
 
 Backends: "torch" uses the torch rows only; "triton" the Triton rows only (it raises when none covers the
 scan; kernels run on CUDA tensors, or on the CPU under the Triton interpreter when TRITON_INTERPRET=1 was
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 BACKENDS = ("torch", "auto", "triton")
+CHUNK_RULES = ("minibatch", "boundary")
 EXACT_CHUNK = 64  # chunk length of the exact chunk-parallel forms (every length gives the same values)
 MINIBATCH_CHUNK = 64  # MirasLayer's chunk length where the exact recurrence has no chunk-parallel form
 
@@ -79,6 +85,14 @@ def _minibatch_kernel(spec):
     return None
 
 
+def _nonlinear_readout(spec):
+    return None if spec.retention in ("lq", "kl") else f"retention {spec.retention!r} has no read-out to defer"
+
+
+def _linear_readout(spec):
+    return None if _nonlinear_readout(spec) else f"retention {spec.retention!r} has a non-linear read-out"
+
+
 def _recurrent_kernel(spec):
     return None if spec.memory == "linear" else "the recurrent kernel covers linear memory only"
 
@@ -112,6 +126,7 @@ class Implementation:
 
     @property
     def backend(self):
+        """"torch", "triton", or "any" for an alias row."""
         return self.name.split("/")[0]
 
     def load(self):
@@ -124,7 +139,7 @@ TABLE = (
     Implementation("triton/recurrent", "exact", _recurrent_kernel, "kernels.recurrent:recurrent_scan", snapshots=False),
     Implementation("torch/delta_rule", "exact", _delta_rule, "miras_lite.ops.delta_rule:delta_rule_scan",
                    chunk=EXACT_CHUNK),
-    Implementation("torch/dot", "exact", _dot, None, chunk=EXACT_CHUNK, runs_as="minibatch"),
+    Implementation("any/dot_is_minibatch", "exact", _dot, None, chunk=EXACT_CHUNK, runs_as="minibatch"),
     Implementation("torch/recurrent", "exact", _anything, "miras_lite.ops.recurrent:recurrent_scan"),
     Implementation("triton/minibatch", "minibatch", _minibatch_kernel, "kernels.minibatch:minibatch_scan",
                    snapshots=False),
@@ -132,6 +147,8 @@ TABLE = (
                    "miras_lite.ops.minibatch_fused:fused_dual_scan", snapshots=False),
     Implementation("torch/dual", "minibatch", _dual, "miras_lite.ops.minibatch:dual_scan"),
     Implementation("torch/materialised", "minibatch", _anything, "miras_lite.ops.minibatch:materialised_scan"),
+    Implementation("torch/boundary", "boundary", _nonlinear_readout, "miras_lite.ops.boundary:boundary_scan"),
+    Implementation("any/boundary_is_minibatch", "boundary", _linear_readout, None, runs_as="minibatch"),
 )
 IMPLEMENTATIONS = {row.name: row for row in TABLE}
 
@@ -181,20 +198,21 @@ def _snapshot_reason(row, return_states):
 def _candidates(semantics, backend, like):
     rows = [row for row in TABLE if row.semantics == semantics]
     if backend == "triton":
-        return [row for row in rows if row.backend == "triton"]
+        return [row for row in rows if row.backend in ("triton", "any")]
     if backend == "torch" or like is None or not like.is_cuda:
-        return [row for row in rows if row.backend == "torch"]
+        return [row for row in rows if row.backend in ("torch", "any")]
     return rows
 
 
-def plan(spec, chunk_size=None, backend="torch", like=None, value_like=None, return_states=None):
-    """The `Plan` of a scan: `spec` with `chunk_size` (None: exact) on `backend`, for query tensors `like` and
-    value tensors `value_like` (both optional: without them, input limits are not checked).
+def plan(spec, chunk_size=None, backend="torch", like=None, value_like=None, return_states=None,
+         chunk_rule="minibatch"):
+    """The `Plan` of a scan: `spec` with `chunk_size` (None: exact) and `chunk_rule` on `backend`, for query
+    tensors `like` and value tensors `value_like` (both optional: without them, input limits are not checked).
 
     Raises ValueError naming `backend` when backend="triton" and no kernel computes the scan (a `KernelLimit`
     when the kernel that covers the spec cannot take these inputs).
     """
-    semantics = "exact" if chunk_size is None else "minibatch"
+    semantics = "exact" if chunk_size is None else chunk_rule
     if backend == "triton" and (why := _device_reason(like)):
         raise ValueError(f"backend: 'triton' {why}; or use backend='torch' / 'auto'")
     passed_over = []
@@ -210,8 +228,8 @@ def plan(spec, chunk_size=None, backend="torch", like=None, value_like=None, ret
             passed_over.append(f"{row.name}: {reason}")
             continue
         if row.runs_as:
-            inner = plan(spec, row.chunk, "torch", like, value_like, return_states)
-            return Plan(inner.implementation, row.chunk, tuple(passed_over) + inner.passed_over)
+            inner = plan(spec, row.chunk or chunk_size, backend, like, value_like, return_states, row.runs_as)
+            return Plan(inner.implementation, inner.chunk_size, tuple(passed_over) + inner.passed_over)
         return Plan(row, row.chunk or chunk_size, tuple(passed_over))
     last = passed_over[-1].split(": ", 1)[1] if passed_over else "no row"
     raise ValueError(f"backend: no Triton kernel for {spec} (chunk_size={chunk_size}): {last}; use backend='torch' "

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import gates
 from .checks import check_int
-from .dispatch import BACKENDS, default_chunk_size
+from .dispatch import BACKENDS, CHUNK_RULES, default_chunk_size
 from .gates import default_eta_max
 from .presets import resolve
 from .scan import MemoryState, memory_scan, mlp_initial_state
@@ -124,6 +124,9 @@ class MirasLayer(nn.Module):
                     `dispatch.default_chunk_size`: ``None`` where the exact recurrence has a
                     chunk-parallel form (delta rule, dot-bias linear memories: as fast as mini-batches,
                     without their η limit) and 64 otherwise. It also sets the default ``eta_max``.
+        chunk_rule: ``"boundary"`` (default: the Miras paper's parallel training, lq and kl read out at chunk
+                    boundaries only; the same as ``"minibatch"`` for every other retention) or ``"minibatch"``
+                    (the reference rule), passed to `memory_scan` with ``chunk_size``.
         backend:    ``"auto"`` | ``"torch"`` | ``"triton"``, passed to `memory_scan`.
         alpha_mode: how the retention rate α is produced: ``"data"`` (α_t = sigmoid(Linear(x)),
                     Mamba2 / Gated DeltaNet style), ``"constant"`` (one learned α per head, RetNet
@@ -180,6 +183,7 @@ class MirasLayer(nn.Module):
         head_dim: int | None = None,
         conv_size: int = 4,
         chunk_size: int | str | None = "auto",
+        chunk_rule: str = "boundary",
         backend: str = "auto",
         alpha_mode: str = "auto",
         norm_eps: float = 1e-5,
@@ -194,6 +198,8 @@ class MirasLayer(nn.Module):
         check_int("conv_size", conv_size, minimum=0)
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not supported; allowed values: {BACKENDS}")
+        if chunk_rule not in CHUNK_RULES:
+            raise ValueError(f"chunk_rule={chunk_rule!r} is not supported; allowed values: {CHUNK_RULES}")
         if alpha_mode not in ALPHA_MODES:
             raise ValueError(f"alpha_mode={alpha_mode!r} is not supported; allowed values: {ALPHA_MODES}")
         if not _is_number(norm_eps) or norm_eps <= 0:
@@ -230,7 +236,7 @@ class MirasLayer(nn.Module):
 
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, head_dim
         self.spec, self.preset_name = spec, None if named is None else named.name
-        self.conv_size, self.chunk_size, self.backend = conv_size, chunk_size, backend
+        self.conv_size, self.chunk_size, self.chunk_rule, self.backend = conv_size, chunk_size, chunk_rule, backend
         self.alpha_mode, self.eta_max = alpha_mode, float(eta_max)
         H, D = num_heads, head_dim
         inner = H * D
@@ -268,7 +274,8 @@ class MirasLayer(nn.Module):
         name = self.preset_name if self.preset_name is not None else self.spec
         return (
             f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, spec={name}, "
-            f"conv_size={self.conv_size}, chunk_size={self.chunk_size}, backend={self.backend!r}, "
+            f"conv_size={self.conv_size}, chunk_size={self.chunk_size}, chunk_rule={self.chunk_rule!r}, "
+            f"backend={self.backend!r}, "
             f"alpha_mode={self.alpha_mode!r}"
         )
 
@@ -322,6 +329,7 @@ class MirasLayer(nn.Module):
         o, state = memory_scan(
             q, k, v, eta=eta, alpha=alpha, theta=theta, spec=self.spec,
             initial_state=initial_state, chunk_size=self.chunk_size, backend=self.backend, delta=delta,
+            chunk_rule=self.chunk_rule,
         )
         o = self.norm(o).reshape(B, T, self.num_heads * self.head_dim)
         y = self.out_proj(o * F.silu(self.gate_proj(x)))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from . import dispatch, memory
-from .dispatch import BACKENDS
+from .dispatch import BACKENDS, CHUNK_RULES
 from .memory import mlp_initial_state
 from .retention import readout
 from .presets import as_spec
@@ -112,7 +112,9 @@ def _initial_state(initial_state, spec, B, H, Dk, Dv, like):
     return A, tuple(torch.zeros_like(A_j) for A_j in A)
 
 
-def _check_options(chunk_size, backend, return_states):
+def _check_options(chunk_size, backend, return_states, chunk_rule):
+    if chunk_rule not in CHUNK_RULES:
+        _fail("chunk_rule", f"{chunk_rule!r} is not supported; allowed values: {', '.join(map(repr, CHUNK_RULES))}")
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
         _fail("chunk_size", f"{chunk_size!r} must be None (exact recurrence) or an integer >= 1")
     if return_states is not None:
@@ -139,7 +141,7 @@ def _warn_passed_over_kernels(plan, spec, chunk_size, backend):
 
 
 def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_state=None, chunk_size=None,
-                backend="torch", return_states=None, delta=None):
+                backend="torch", return_states=None, delta=None, chunk_rule="minibatch"):
     """Run a test-time memory over a sequence: o_t = M_t(q_t), M_t trained on (k_t, v_t) as in docs/design.md §2-4.
 
     q, k: [B, T, H, Dk]; v: [B, T, H, Dv]; eta (η ≥ 0), alpha (α ∈ (0, 1]), theta (θ ∈ [0, 1), momentum
@@ -147,6 +149,10 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
     initial_state: the accumulator A ([H, ...] or [B, H, ...]; a (W_in, W_out) tuple for MLP memory) or
     a `MemoryState`; None starts from zeros (linear) or `mlp_initial_state` (MLP).
     chunk_size: None for the exact recurrence, C for mini-batch updates of C tokens (`ops/minibatch.py`).
+    chunk_rule: with chunk_size=C, "minibatch" (default; the reference: gradients at the chunk start, the
+    read-out N applied at every token) or "boundary" (the Miras paper's parallel training: lq and kl apply
+    their non-linear read-out at chunk boundaries only, `ops/boundary.py`; the same as "minibatch" for every
+    other retention). Ignored by the exact recurrence.
     Which implementation computes it (a token loop, an exact chunk-parallel form, a dual form, a Triton
     kernel) is decided by `dispatch.plan`; every one gives the same values.
     return_states=s keeps W after every s tokens in `state.snapshots`.
@@ -158,7 +164,7 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
     """
     spec = MemorySpec() if spec is None else as_spec(spec)
     _check_inputs(q, k, v, spec)
-    _check_options(chunk_size, backend, return_states)
+    _check_options(chunk_size, backend, return_states, chunk_rule)
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     rate_shape = (B, T, H)
@@ -179,7 +185,7 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
             _fail("delta", f"a per-token threshold only applies to bias='huber', not bias={spec.bias!r}")
         delta = _rate("delta", delta, rate_shape, q, 0.0, float("inf"), True, True)
     A, S = _initial_state(initial_state, spec, B, H, Dk, Dv, q)
-    plan = dispatch.plan(spec, chunk_size, backend, q, v, return_states)
+    plan = dispatch.plan(spec, chunk_size, backend, q, v, return_states, chunk_rule)
     _warn_passed_over_kernels(plan, spec, chunk_size, backend)
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     o, A, S, snapshots = dispatch.run(plan, q, k, v, eta, alpha, theta, delta, spec, A, S, return_states)

@@ -404,3 +404,84 @@ def assert_close(actual, expected, rtol=1e-6, atol=1e-8, what=""):
         assert a.shape == e.shape, f"{what}[{i}]: shape {tuple(a.shape)} != {tuple(e.shape)}"
         torch.testing.assert_close(a.detach(), e.detach().to(a.dtype), rtol=rtol, atol=atol,
                                    msg=lambda m, i=i: f"{what}[{i}]: {m}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The boundary chunk rule (docs/design.md §4, chunk_rule="boundary"), as a slow token loop
+# ----------------------------------------------------------------------------------------------
+
+
+def lq_denominator(A, spec):
+    """max(‖A‖_q, ε)^{q−2} of one matrix (the python branch keeps it differentiable at A = 0)."""
+    qn = (A.abs() ** spec.q).sum() ** (1.0 / spec.q)
+    return qn ** (spec.q - 2.0) if float(qn.detach()) > spec.eps else torch.tensor(spec.eps, dtype=A.dtype) ** (spec.q - 2.0)
+
+
+def reference_boundary_scan(q, k, v, eta, alpha, theta, spec, initial_state=None, chunk_size=1,
+                            return_history=False, delta=None):
+    """Retention lq or kl: each chunk's first token takes the exact step; the rest of the chunk runs linearly
+    from what it left, V0, read with one scale c: lq V0 = A_lag, c = 1/max(‖A_lag‖_q, ε)^{q−2}, and the chunk
+    ends at the accumulator; kl V0 = c_s·softmax(A_lag), c = 1, and the chunk ends in logits,
+    log(max(V, c_s·ε)/c_s). Any other retention: the mini-batch rule."""
+    if spec.retention not in ("lq", "kl"):
+        return reference_minibatch_scan(q, k, v, eta, alpha, theta, spec, initial_state, chunk_size, return_history,
+                                        delta)
+    B, T, H, Dk = q.shape
+    delta = _rates(delta, B, T, H, q)
+    Dv = v.shape[-1]
+    eta = _rates(eta, B, T, H, q)
+    alpha = _rates(alpha, B, T, H, q)
+    theta = _rates(theta, B, T, H, q) if spec.optimizer == "momentum" else None
+    A_of, S_of = _initial(initial_state, spec, B, H, Dk, Dv, q)
+    C = chunk_size
+    o_rows = [[None] * H for _ in range(B)]
+    As = [[None] * H for _ in range(B)]
+    Ss = [[None] * H for _ in range(B)]
+    Ws = [[None] * H for _ in range(B)]
+    hist = [[None] * H for _ in range(B)]
+    for b in range(B):
+        for h in range(H):
+            A, S = A_of(b, h), S_of(b, h)
+            outs, hh = [], []
+            for t0 in range(0, T, C):
+                tokens = range(t0, min(t0 + C, T))
+
+                def step(P, t, S):
+                    th = theta[b, t, h] if theta is not None else None
+                    return optimizer_step(P, S, k[b, t, h], v[b, t, h], eta[b, t, h], th, spec,
+                                          None if delta is None else delta[b, t, h])
+
+                # the lag token, exactly
+                t = tokens[0]
+                at = alpha[b, t, h]
+                P = N(A, spec) if spec.grad_at == "previous" else N(tuple(at * a for a in A), spec)
+                U, S = step(P, t, S)
+                A = tuple(at * a + u for a, u in zip(A, U))
+                W = N(A, spec)
+                outs.append(predict(W, q[b, t, h], spec))
+                hh.append(W)
+                if len(tokens) == 1:
+                    continue
+                # ... then linearly from V0, read with the scale c
+                if spec.retention == "lq":
+                    V0, c = A, tuple(1.0 / lq_denominator(a, spec) for a in A)
+                else:
+                    V0, c = W, (1.0,) * len(A)
+                V, bt = V0, None
+                for t in tokens[1:]:
+                    at = alpha[b, t, h]
+                    bt = at if bt is None else bt * at
+                    scale = 1.0 if spec.grad_at == "previous" else bt
+                    U, S = step(tuple(scale * ci * v0 for ci, v0 in zip(c, V0)), t, S)
+                    V = tuple(at * x + u for x, u in zip(V, U))
+                    W = tuple(ci * x for ci, x in zip(c, V))
+                    outs.append(predict(W, q[b, t, h], spec))
+                    hh.append(W)
+                if spec.retention == "lq":
+                    A = V
+                else:
+                    A = tuple(torch.log(torch.clamp(x / spec.simplex_scale, min=spec.eps)) for x in V)
+            o_rows[b][h] = torch.stack(outs)
+            As[b][h], Ss[b][h], Ws[b][h], hist[b][h] = A, S, N(A, spec), hh
+    o = torch.stack([torch.stack([o_rows[b][h] for h in range(H)], dim=1) for b in range(B)])
+    return _finish(spec, o, As, Ss, Ws, hist, B, H, return_history)

@@ -38,7 +38,7 @@ def delta_rule_update(spec, k, v, decays, A0, S0):
     rhs = eta * (v - start_decay.unsqueeze(-1) * (k @ W0))
     u = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
     W = decays.b[..., -1, None, None] * W0 + k.transpose(-1, -2) @ (L[..., -1, :].unsqueeze(-1) * u)
-    return (k,), (-u,), (W,), S0
+    return (k,), (-u,), (W,), S0, None
 
 
 def delta_rule_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None):

@@ -101,14 +101,9 @@ def _momentum_end(decays, S0, inputs, scaled_grads):
     )
 
 
-def dual_update(spec, k, v, decays, A0, S0):
-    """The state hand-off of one chunk (retention none / l2): update factors and the chunk-end state.
-
-    Returns (X, η ⊙ D, A_last, S_last) with η_i G_i = X_i ⊗ η_i D_i; reads are formed later, for all
-    chunks at once, by `dual_read`.
-    """
+def _hand_off(spec, decays, A0, S0, inputs, scaled_grads):
+    """The chunk-end state of the linear recursion: A_last = b_last A0 + γ_last S0 − Σ_i M_{last,i} η_i G_i."""
     momentum = spec.optimizer == "momentum"
-    inputs, scaled_grads = _update_factors(spec, k, v, decays, *_gradient_point_matmuls(spec, A0, decays.b))
     mix_last = decays.mix[..., -1, :].unsqueeze(-1)
     A = []
     for j, (x, d) in enumerate(zip(inputs, scaled_grads)):
@@ -116,8 +111,17 @@ def dual_update(spec, k, v, decays, A0, S0):
         if momentum:
             A_j = A_j + decays.gamma[..., -1, None, None] * S0[j]
         A.append(A_j)
-    S = _momentum_end(decays, S0, inputs, scaled_grads) if momentum else S0
-    return inputs, scaled_grads, tuple(A), S
+    return tuple(A), _momentum_end(decays, S0, inputs, scaled_grads) if momentum else S0
+
+
+def dual_update(spec, k, v, decays, A0, S0):
+    """The state hand-off of one chunk (retention none / l2): update factors and the chunk-end state.
+
+    Returns (X, η ⊙ D, A_last, S_last, None) with η_i G_i = X_i ⊗ η_i D_i; reads are formed later, for all
+    chunks at once, by `dual_read` (the None: they need no scale).
+    """
+    inputs, scaled_grads = _update_factors(spec, k, v, decays, *_gradient_point_matmuls(spec, A0, decays.b))
+    return inputs, scaled_grads, *_hand_off(spec, decays, A0, S0, inputs, scaled_grads), None
 
 
 def dual_read(spec, q, decays, A0, S0, inputs, scaled_grads, scales=None):
@@ -241,18 +245,20 @@ def dual_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapsho
     """
     outputs, snapshots = [], []
     for group in _grouped(spec, q, k, v, eta, alpha, theta, delta, chunk_size):
-        starts, factors = [], []
+        starts, factors, scales = [], [], []
         # Split once: indexing x[:, :, n] per chunk would make every backward step write a full-size gradient.
         for n, (k_n, v_n, decays_n) in enumerate(zip(group.k.unbind(2), group.v.unbind(2), _per_chunk(group.decays))):
             starts.append((*A, *S))
-            inputs, scaled_grads, A, S = update(spec, k_n, v_n, decays_n, A, S)
+            inputs, scaled_grads, A, S, scale = update(spec, k_n, v_n, decays_n, A, S)
             factors.append(inputs + scaled_grads)
+            scales.append(scale)
             if _is_snapshot(snapshot_every, group, n):
                 snapshots.append(tuple(readout(spec, A_j) for A_j in A))
         weights = len(A)
         starts, factors = _stack(starts), _stack(factors)
+        scales = None if scales[0] is None else _stack(scales)
         o = dual_read(spec, group.q, group.decays, starts[:weights], starts[weights:], factors[:weights],
-                      factors[weights:])
+                      factors[weights:], scales)
         outputs.append(o.flatten(2, 3))
     return torch.cat(outputs, dim=2), A, S, snapshots
 
