@@ -1,66 +1,26 @@
-"""Triton kernels for the linear-memory recurrence, behind `torch.autograd.Function`s.
+"""Triton kernels for the linear-memory scans of `miras_lite`, each behind a `torch.autograd.Function` with a
+Triton backward, one module per op beside its torch twin in `miras_lite/ops/`:
 
-`memory_scan(..., backend="triton")` (or "auto" on CUDA) calls `kernel_for` to pick one:
-
-| scan | kernel | module |
+| module | public function | computes (docs/design.md) |
 |---|---|---|
-| exact (`chunk_size=None`), l2 bias, gd / implicit, retention none / l2 | exact delta-rule chunks (UT transform) | `chunk_delta.py` |
-| exact, any other linear spec | fused recurrent scan, state on chip | `fused_recurrent.py` |
-| mini-batch (`chunk_size=C`), retention none / l2, dot / l2 / lp / huber coord, gd | dual-form chunks with `tl.dot` | `chunk_minibatch.py` |
+| `recurrent.py` | `recurrent_scan` | the exact recurrence (§2), one token at a time, state on chip |
+| `delta_rule.py` | `delta_rule_scan` | the exact recurrence of the l2 delta rule, chunk-parallel (UT transform) |
+| `minibatch.py` | `minibatch_scan` | the mini-batch rule (§4, `chunk_size=C`), dual form with `tl.dot` |
+| `common.py` | | what they share: tiles, `tl.dot`, the bias gradient φ, the implicit step size, decays |
 
-Every kernel takes the head-major layout `memory_scan` uses inside: q, k [B, H, T, Dk], v [B, H, T, Dv],
-rates η, α, θ, δ [B, H, T] (θ, δ may be None), the start state A0, S0 [B, H, Dk, Dv]; it returns
-o [B, H, T, Dv] and the end state (A, S). On a machine without CUDA the kernels run under the Triton
-interpreter: importing this package sets TRITON_INTERPRET=1 there, before any kernel is defined (Triton
-reads it when `@triton.jit` wraps a function).
+Each public function has the signature (q, k, v, eta, alpha, theta, delta, spec, A0, S0, chunk_size) ->
+(o, A_end, S_end) in the head-major layout: q, k [B, H, T, Dk], v [B, H, T, Dv], rates η, α, θ, δ [B, H, T]
+(θ, δ may be None), the start state A0, S0 [B, H, Dk, Dv]; o is [B, H, T, Dv]. Each module's `limits(q, v, spec,
+chunk_size)` says why its kernel cannot take some inputs (dtype, Dk on chip, chunk size vs shared memory), and
+the public function raises `KernelLimit` with that reason. Which spec runs on which kernel is decided in one
+table, `miras_lite/dispatch.py`, not here.
+
+Importing this package changes nothing. On a machine without CUDA the kernels run under the Triton interpreter
+only when TRITON_INTERPRET=1 is set before the kernel modules are imported (Triton reads it when `@triton.jit`
+wraps a function); the tests' conftest does so.
 """
-
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 class KernelLimit(ValueError):
     """The inputs are outside what a kernel handles (dtype, Dk, chunk size), though its spec is covered:
     `backend="auto"` then runs torch instead, `backend="triton"` raises it."""
-
-
-def interpreter_on():
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def kernel_for(spec, chunk_size, return_states):
-    """(run, None), or (None, reason) when no kernel computes this scan.
-
-    Each kernel module has `unsupported(spec) -> reason or None` and
-    run(q, k, v, eta, alpha, theta, delta, spec, A0, S0, chunk_size) -> (o, A, S).
-    """
-    if spec.memory != "linear":
-        return None, "the kernels cover linear memory only"
-    if return_states:
-        return None, "the kernels do not keep memory snapshots (return_states)"
-    from . import chunk_delta, chunk_minibatch, fused_recurrent
-
-    candidates = (chunk_delta, fused_recurrent) if chunk_size is None else (chunk_minibatch,)
-    for module in candidates:
-        reason = module.unsupported(spec)
-        if reason is None:
-            return module.run, None
-    return None, reason  # the last candidate's: the most general kernel for this kind of scan
-
-
-def device_ready(like: torch.Tensor):
-    """None if kernels can run on tensors like `like`, else why not."""
-    if like.is_cuda or interpreter_on():
-        return None
-    return ("needs CUDA tensors on this machine (it has a GPU, so the kernels were compiled for it; "
-            "TRITON_INTERPRET=1 set before `import kernels` runs them on the CPU under the Triton interpreter)")
-
-
-def tuning_configs(configs):
-    """The `triton.autotune` configs to try: all of them on a GPU, the first under the interpreter (which
-    cannot time kernels)."""
-    return configs[:1] if interpreter_on() else configs

@@ -1,17 +1,17 @@
-"""The exact linear-memory recurrence (DESIGN §2) as one fused Triton scan, forward and backward.
+"""The exact recurrence of a linear memory (docs/design.md §2) as one fused Triton scan, forward and backward.
 
-One program per (batch, head) — and per block of value columns where the spec allows — keeps the
-accumulator A (and the momentum S) on chip for the whole sequence. Per token t, as in
-`miras_lite.recurrent.exact_scan`:
+Torch twin: `miras_lite/ops/recurrent.py` (the token loop). One program per (batch, head), and per block of
+value columns where the spec allows, keeps the accumulator A (and the momentum S) on chip for the whole
+sequence. Per token t:
 
     P   = W_{t−1} (grad_at="previous")  or  N(α_t A_{t−1}) ("retained")
     e   = k_t P − v_t,    g = φ(e) (the bias gradient; the implicit step uses g = e)
-    r   = η_t,  or Longhorn's η_t/(1 + η_t‖k_t‖²) for the implicit step
-    U   = −r k_t ⊗ g,  or with momentum  S_t = θ_t S_{t−1} − r k_t ⊗ g,  U = S_t
-    A_t = E(α_t A_{t−1} + U),   W_t = N(A_t),   o_t = q_t W_t
+    η̃   = η_t,  or Longhorn's η_t / (1 + η_t‖k_t‖²) for the implicit step
+    U   = −η̃ k_t ⊗ g,  or with momentum  S_t = θ_t S_{t−1} − η̃ k_t ⊗ g,  U = S_t
+    A_t = S_γ(α_t A_{t−1} + U) (elastic) or α_t A_{t−1} + U,   W_t = N(A_t),   o_t = q_t W_t
 
-E is the elastic soft threshold S_γ, N the lq / kl read-out (identity otherwise). Everything is computed
-in float32 (float64 for float64 inputs) whatever the input dtype.
+S_γ is the elastic soft threshold, N the lq / kl read-out (identity otherwise). Everything is computed in
+float32 (float64 for float64 inputs) whatever the input dtype.
 
 Columns of the state evolve independently unless a norm couples them: ‖e‖ over Dv (huber norm / mixture,
 robust) or the whole-matrix q-norm (lq). Separable specs split Dv into blocks of `MAX_VALUE_BLOCK`
@@ -29,23 +29,20 @@ import torch
 import triton
 import triton.language as tl
 
-from . import tuning_configs
+from . import KernelLimit
+from .common import (dtype_limit, huber_delta_slope, implicit_rate, implicit_rate_slopes, load_block, needs_grad,
+                     power, separable_bias_gradient, separable_bias_slope, sign, store_block, tuning_configs)
 
 CHECKPOINT_EVERY = 64
 MAX_VALUE_BLOCK = 32
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 AUTOTUNE_KEY = ["BK", "BV", "BIAS", "HUBER_MODE", "RETENTION", "OPTIMIZER", "GRAD_AT"]
 WARP_CONFIGS = [triton.Config({}, num_warps=w) for w in (4, 8, 16, 2)]  # 16: a whole 128×128 state
 
 
-def unsupported(spec):
-    """None: every linear-memory spec runs exactly here (chunk_size=None)."""
-    if spec.memory != "linear":
-        return "the fused recurrent kernel covers linear memory only"
-    return None
-
-
 def column_separable(spec):
-    """True when the columns of the state evolve independently (no norm over Dv or over the matrix)."""
+    """True when the columns of the state evolve independently (no norm over Dv or over the matrix), so that
+    blocks of value columns can run in separate programs."""
     row_norm = spec.bias == "robust" or (spec.bias == "huber" and spec.huber_mode != "coord")
     return not row_norm and spec.retention != "lq"
 
@@ -54,27 +51,16 @@ def column_separable(spec):
 
 
 @triton.jit
-def _power(x, exponent):
-    """x^exponent for x ≥ 0, with 0^r = 0 (r > 0; also what the gradient of |x|^q needs at 0)."""
-    return tl.where(x > 0, tl.exp(exponent * tl.log(tl.where(x > 0, x, 1.0))), 0.0)
-
-
-@triton.jit
-def _sign(x):
-    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, 0.0))
-
-
-@triton.jit
 def _q_norm(A, Q_EXP: tl.constexpr, EPS: tl.constexpr):
     """max(‖A‖_q, ε) over the whole matrix."""
-    return tl.maximum(_power(tl.sum(tl.sum(_power(tl.abs(A), Q_EXP), 1), 0), 1.0 / Q_EXP), EPS)
+    return tl.maximum(power(tl.sum(tl.sum(power(tl.abs(A), Q_EXP), 1), 0), 1.0 / Q_EXP), EPS)
 
 
 @triton.jit
 def _readout(A, rows_ok, RETENTION: tl.constexpr, Q_EXP: tl.constexpr, SCALE: tl.constexpr, EPS: tl.constexpr):
     """W = N(A): A / max(‖A‖_q, ε)^{q−2} (lq), c·softmax over the key axis (kl), A otherwise."""
     if RETENTION == "lq":
-        W = A * _power(_q_norm(A, Q_EXP, EPS), 2.0 - Q_EXP)
+        W = A * power(_q_norm(A, Q_EXP, EPS), 2.0 - Q_EXP)
     elif RETENTION == "kl":
         logits = tl.where(rows_ok[:, None], A, float("-inf"))
         z = tl.exp(logits - tl.max(logits, 0)[None, :])
@@ -93,8 +79,8 @@ def _readout_vjp(A, W, dW, RETENTION: tl.constexpr, Q_EXP: tl.constexpr, SCALE: 
     """
     if RETENTION == "lq":
         n = _q_norm(A, Q_EXP, EPS)
-        along_norm = tl.where(n > EPS, (2.0 - Q_EXP) * _power(n, 2.0 - 2.0 * Q_EXP) * tl.sum(tl.sum(dW * A, 1), 0), 0.0)
-        dA = dW * _power(n, 2.0 - Q_EXP) + along_norm * _sign(A) * _power(tl.abs(A), Q_EXP - 1.0)
+        along_norm = tl.where(n > EPS, (2.0 - Q_EXP) * power(n, 2.0 - 2.0 * Q_EXP) * tl.sum(tl.sum(dW * A, 1), 0), 0.0)
+        dA = dW * power(n, 2.0 - Q_EXP) + along_norm * sign(A) * power(tl.abs(A), Q_EXP - 1.0)
     elif RETENTION == "kl":
         dA = W * (dW - tl.sum(dW * W, 0)[None, :] / SCALE)
     else:
@@ -106,24 +92,16 @@ def _readout_vjp(A, W, dW, RETENTION: tl.constexpr, Q_EXP: tl.constexpr, SCALE: 
 def _soft_threshold(Z, GAMMA: tl.constexpr):
     """S_γ(Z) = sign(Z)·max(|Z| − γ, 0)."""
     gamma = tl.full([], GAMMA, Z.dtype)  # a constexpr float would enter the arithmetic as float32
-    return tl.where(tl.abs(Z) > gamma, Z - gamma * _sign(Z), 0.0)
+    return tl.where(tl.abs(Z) > gamma, Z - gamma * sign(Z), 0.0)
 
 
 @triton.jit
-def _bias_grad(e, v, delta, BIAS: tl.constexpr, HUBER_MODE: tl.constexpr, P_EXP: tl.constexpr,
-               ROBUST_DELTA: tl.constexpr, EPS: tl.constexpr):
-    """g = φ(e) of DESIGN §2 step 2 (norms over the value axis)."""
-    if BIAS == "dot":
-        g = -v
-    elif BIAS == "l2":
-        g = e
-    elif BIAS == "lp":
-        g = e * _power(e * e + EPS, 0.5 * (P_EXP - 2.0))
-    elif BIAS == "robust":
+def _bias_gradient(e, v, delta, BIAS: tl.constexpr, HUBER_MODE: tl.constexpr, P_EXP: tl.constexpr,
+                   ROBUST_DELTA: tl.constexpr, EPS: tl.constexpr):
+    """g = φ(e) of docs/design.md §2 step 2 (norms over the value axis)."""
+    if BIAS == "robust":
         g = e + ROBUST_DELTA * e * tl.rsqrt(tl.sum(e * e, 0) + EPS)
-    elif HUBER_MODE == "coord":
-        g = tl.minimum(tl.maximum(e, -delta), delta)
-    else:
+    elif BIAS == "huber" and HUBER_MODE != "coord":
         squared_norm = tl.sum(e * e, 0)
         if HUBER_MODE == "norm":
             # the floor only guards the branch that is not taken (outside means ‖e‖ > δ > 0)
@@ -131,6 +109,8 @@ def _bias_grad(e, v, delta, BIAS: tl.constexpr, HUBER_MODE: tl.constexpr, P_EXP:
         else:
             tail = delta * e * tl.rsqrt(e * e + EPS)
         g = tl.where(squared_norm <= delta * delta, e, tail)
+    else:
+        g = separable_bias_gradient(e, v, delta, P_EXP, EPS, BIAS)
     return g
 
 
@@ -143,40 +123,36 @@ def _bias_vjp(e, v, delta, dg, BIAS: tl.constexpr, HUBER_MODE: tl.constexpr, P_E
     if BIAS == "dot":
         de = tl.zeros_like(e)
         dv = -dg
-    elif BIAS == "l2":
-        de = dg
-    elif BIAS == "lp":
-        # d/de [e (e²+ε)^{(p−2)/2}] = (e²+ε)^{(p−4)/2} ((p−1) e² + ε)
-        de = dg * _power(e * e + EPS, 0.5 * (P_EXP - 4.0)) * ((P_EXP - 1.0) * e * e + EPS)
     elif BIAS == "robust":
         r2 = tl.sum(e * e, 0) + EPS
         de = dg + ROBUST_DELTA * tl.rsqrt(r2) * (dg - e * tl.sum(e * dg, 0) / r2)
-    elif HUBER_MODE == "coord":
-        de = tl.where((e >= -delta) & (e <= delta), dg, 0.0)
-        ddelta = tl.sum(tl.where(e > delta, dg, 0.0) - tl.where(e < -delta, dg, 0.0), 0)
-    else:
+    elif BIAS == "huber" and HUBER_MODE == "norm":
         squared_norm = tl.sum(e * e, 0)
         outside = squared_norm > delta * delta
-        if HUBER_MODE == "norm":
-            inv_norm = tl.rsqrt(tl.maximum(squared_norm, 1e-30))
-            e_dot_dg = tl.sum(e * dg, 0)
-            de = tl.where(outside, delta * inv_norm * (dg - e * e_dot_dg * inv_norm * inv_norm), dg)
-            ddelta = tl.where(outside, e_dot_dg * inv_norm, 0.0)
-        else:
-            inv_smooth = tl.rsqrt(e * e + EPS)
-            de = tl.where(outside, dg * delta * EPS * inv_smooth * inv_smooth * inv_smooth, dg)
-            ddelta = tl.where(outside, tl.sum(dg * e * inv_smooth, 0), 0.0)
+        inv_norm = tl.rsqrt(tl.maximum(squared_norm, 1e-30))
+        e_dot_dg = tl.sum(e * dg, 0)
+        de = tl.where(outside, delta * inv_norm * (dg - e * e_dot_dg * inv_norm * inv_norm), dg)
+        ddelta = tl.where(outside, e_dot_dg * inv_norm, 0.0)
+    elif BIAS == "huber" and HUBER_MODE == "mixture":
+        outside = tl.sum(e * e, 0) > delta * delta
+        inv_smooth = tl.rsqrt(e * e + EPS)
+        de = tl.where(outside, dg * delta * EPS * inv_smooth * inv_smooth * inv_smooth, dg)
+        ddelta = tl.where(outside, tl.sum(dg * e * inv_smooth, 0), 0.0)
+    else:  # l2, lp, huber coord: coordinate by coordinate
+        de = dg * separable_bias_slope(e, delta, P_EXP, EPS, BIAS)
+        if BIAS == "huber":
+            ddelta = tl.sum(dg * huber_delta_slope(e, delta), 0)
     return de, dv, ddelta
 
 
 @triton.jit
-def _step_rate(eta, k, OPTIMIZER: tl.constexpr):
-    """r = η, or η/(1 + η‖k‖²) for the implicit step."""
+def _step_size(eta, k, OPTIMIZER: tl.constexpr):
+    """η̃ = η, or η / (1 + η‖k‖²) for the implicit step."""
     if OPTIMIZER == "implicit":
-        rate = eta / (1.0 + eta * tl.sum(k * k, 0))
+        eta_eff = implicit_rate(eta, tl.sum(k * k, 0))
     else:
-        rate = eta
-    return rate
+        eta_eff = eta
+    return eta_eff
 
 
 @triton.jit
@@ -193,8 +169,8 @@ def _step(A, S, W, k, v, eta, alpha, theta, delta, rows_ok, cols_ok,
     if OPTIMIZER == "implicit":
         g = e
     else:
-        g = _bias_grad(e, v, delta, BIAS, HUBER_MODE, P_EXP, ROBUST_DELTA, EPS)
-    U = -_step_rate(eta, k, OPTIMIZER) * (k[:, None] * g[None, :])
+        g = _bias_gradient(e, v, delta, BIAS, HUBER_MODE, P_EXP, ROBUST_DELTA, EPS)
+    U = -_step_size(eta, k, OPTIMIZER) * (k[:, None] * g[None, :])
     if OPTIMIZER == "momentum":
         S = theta * S + U
         U = S
@@ -217,29 +193,29 @@ def _token_adjoint(A_prev, S_prev, q, k, v, do, eta, alpha, theta, delta, dA, dS
     # o_t = q_t W_t
     dq = tl.sum(W * do[None, :], 1)
     dW += q[:, None] * do[None, :]
-    # W_t = N(A_t),  A_t = E(Z)
+    # W_t = N(A_t),  A_t = S_γ(Z) (elastic) or Z
     dZ = dA + _readout_vjp(A, W, dW, RETENTION, Q_EXP, SCALE, EPS)
     if RETENTION == "elastic":
         dZ = tl.where(A != 0, dZ, 0.0)
-    # Z = α A_{t−1} + U,  U = −r k ⊗ g  (momentum: S_t = θ S_{t−1} − r k ⊗ g, U = S_t)
+    # Z = α A_{t−1} + U,  U = −η̃ k ⊗ g  (momentum: S_t = θ S_{t−1} − η̃ k ⊗ g, U = S_t)
     dU = dZ
     dtheta = tl.zeros([], dU.dtype)
     if OPTIMIZER == "momentum":
         dU = dS + dZ
         dtheta = tl.sum(tl.sum(dU * S_prev, 1), 0)
         dS = theta * dU
-    rate = _step_rate(eta, k, OPTIMIZER)
+    eta_eff = _step_size(eta, k, OPTIMIZER)
     k_dU = tl.sum(k[:, None] * dU, 0)
-    d_rate = -tl.sum(k_dU * g, 0)
-    dk = -rate * tl.sum(dU * g[None, :], 1)
-    if OPTIMIZER == "implicit":  # r = η/(1 + η‖k‖²), g = e:  ∂r/∂η = (r/η)²,  ∂r/∂k = −2r²k
-        inverse = 1.0 / (1.0 + eta * tl.sum(k * k, 0))
-        deta = d_rate * inverse * inverse
-        dk += -2.0 * d_rate * rate * rate * k
-        de, dv, ddelta = -rate * k_dU, tl.zeros_like(k_dU), tl.zeros_like(d_rate)
+    d_eta_eff = -tl.sum(k_dU * g, 0)
+    dk = -eta_eff * tl.sum(dU * g[None, :], 1)
+    if OPTIMIZER == "implicit":  # η̃ = η / (1 + η‖k‖²), g = e
+        slope_eta, slope_norm = implicit_rate_slopes(eta, tl.sum(k * k, 0), eta_eff)
+        deta = d_eta_eff * slope_eta
+        dk += 2.0 * d_eta_eff * slope_norm * k
+        de, dv, ddelta = -eta_eff * k_dU, tl.zeros_like(k_dU), tl.zeros_like(d_eta_eff)
     else:
-        deta = d_rate
-        de, dv, ddelta = _bias_vjp(e, v, delta, -rate * k_dU, BIAS, HUBER_MODE, P_EXP, ROBUST_DELTA, EPS)
+        deta = d_eta_eff
+        de, dv, ddelta = _bias_vjp(e, v, delta, -eta_eff * k_dU, BIAS, HUBER_MODE, P_EXP, ROBUST_DELTA, EPS)
     # e = k P − v
     dv -= de
     dk += tl.sum(P * de[None, :], 1)
@@ -258,20 +234,21 @@ def _token_adjoint(A_prev, S_prev, q, k, v, do, eta, alpha, theta, delta, dA, dS
 
 
 @triton.jit
-def _load_token(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, theta_ptr, delta_ptr, key_at, value_at, rate_at,
+def _load_token(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, theta_ptr, delta_ptr, head, T, t, Dk, Dv,
                 rows, cols, rows_ok, cols_ok, ACC: tl.constexpr, OPTIMIZER: tl.constexpr, HAS_DELTA: tl.constexpr,
                 DELTA: tl.constexpr):
-    """q_t, k_t, v_t and the rates (η_t, α_t, θ_t, δ_t) of one token, in the accumulation dtype."""
-    q = tl.load(q_ptr + key_at + rows, mask=rows_ok, other=0.0).to(ACC)
-    k = tl.load(k_ptr + key_at + rows, mask=rows_ok, other=0.0).to(ACC)
-    v = tl.load(v_ptr + value_at + cols, mask=cols_ok, other=0.0).to(ACC)
-    eta = tl.load(eta_ptr + rate_at).to(ACC)
-    alpha = tl.load(alpha_ptr + rate_at).to(ACC)
+    """q_t, k_t, v_t and the rates (η_t, α_t, θ_t, δ_t) of token t of `head`, in the accumulation dtype."""
+    token = head * T + t
+    q = tl.load(q_ptr + token * Dk + rows, mask=rows_ok, other=0.0).to(ACC)
+    k = tl.load(k_ptr + token * Dk + rows, mask=rows_ok, other=0.0).to(ACC)
+    v = tl.load(v_ptr + token * Dv + cols, mask=cols_ok, other=0.0).to(ACC)
+    eta = tl.load(eta_ptr + token).to(ACC)
+    alpha = tl.load(alpha_ptr + token).to(ACC)
     theta = tl.zeros([], ACC)
     if OPTIMIZER == "momentum":
-        theta = tl.load(theta_ptr + rate_at).to(ACC)
+        theta = tl.load(theta_ptr + token).to(ACC)
     if HAS_DELTA:
-        delta = tl.load(delta_ptr + rate_at).to(ACC)
+        delta = tl.load(delta_ptr + token).to(ACC)
     else:
         delta = tl.full([], DELTA, ACC)
     return q, k, v, eta, alpha, theta, delta
@@ -290,30 +267,29 @@ def _forward_kernel(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, theta_ptr, delta_pt
     rows = tl.arange(0, BK)
     cols = value_block * BV + tl.arange(0, BV)
     rows_ok, cols_ok = rows < Dk, cols < Dv
-    state_at = rows[:, None] * Dv + cols[None, :]
-    state_ok = rows_ok[:, None] & cols_ok[None, :]
-    A = tl.load(A0_ptr + head * Dk * Dv + state_at, mask=state_ok, other=0.0).to(ACC)
+    state = head * Dk * Dv  # this head's [Dk, Dv] state in A0, S0, A, S
+    A = load_block(A0_ptr + state, Dv, rows, rows_ok, cols, Dv).to(ACC)
     S = tl.zeros([BK, BV], ACC)
     if OPTIMIZER == "momentum":
-        S = tl.load(S0_ptr + head * Dk * Dv + state_at, mask=state_ok, other=0.0).to(ACC)
+        S = load_block(S0_ptr + state, Dv, rows, rows_ok, cols, Dv).to(ACC)
     W = _readout(A, rows_ok, RETENTION, Q_EXP, SCALE, EPS)
     segments = tl.cdiv(T, checkpoint_every)
     for segment in range(segments):
         if SAVE_CHECKPOINTS:
-            checkpoint_at = (head * segments + segment) * Dk * Dv + state_at
-            tl.store(checkpoint_A_ptr + checkpoint_at, A, mask=state_ok)
+            checkpoint = (head * segments + segment) * Dk * Dv
+            store_block(checkpoint_A_ptr + checkpoint, Dv, rows, rows_ok, cols, Dv, A)
             if OPTIMIZER == "momentum":
-                tl.store(checkpoint_S_ptr + checkpoint_at, S, mask=state_ok)
+                store_block(checkpoint_S_ptr + checkpoint, Dv, rows, rows_ok, cols, Dv, S)
         for t in range(segment * checkpoint_every, tl.minimum(segment * checkpoint_every + checkpoint_every, T)):
             q, k, v, eta, alpha, theta, delta = _load_token(
-                q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, theta_ptr, delta_ptr, (head * T + t) * Dk,
-                (head * T + t) * Dv, head * T + t, rows, cols, rows_ok, cols_ok, ACC, OPTIMIZER, HAS_DELTA, DELTA)
+                q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, theta_ptr, delta_ptr, head, T, t, Dk, Dv,
+                rows, cols, rows_ok, cols_ok, ACC, OPTIMIZER, HAS_DELTA, DELTA)
             A, S, W, _, _, _ = _step(A, S, W, k, v, eta, alpha, theta, delta, rows_ok, cols_ok, BIAS, HUBER_MODE,
                                      RETENTION, OPTIMIZER, GRAD_AT, P_EXP, Q_EXP, ROBUST_DELTA, GAMMA, SCALE, EPS)
             tl.store(o_ptr + (head * T + t) * Dv + cols, tl.sum(q[:, None] * W, 0), mask=cols_ok)
-    tl.store(A_ptr + head * Dk * Dv + state_at, A, mask=state_ok)
+    store_block(A_ptr + state, Dv, rows, rows_ok, cols, Dv, A)
     if OPTIMIZER == "momentum":
-        tl.store(S_ptr + head * Dk * Dv + state_at, S, mask=state_ok)
+        store_block(S_ptr + state, Dv, rows, rows_ok, cols, Dv, S)
 
 
 @triton.autotune(configs=tuning_configs(WARP_CONFIGS), key=AUTOTUNE_KEY)
@@ -334,49 +310,47 @@ def _backward_kernel(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, theta_ptr, delta_p
     rows = tl.arange(0, BK)
     cols = value_block * BV + tl.arange(0, BV)
     rows_ok, cols_ok = rows < Dk, cols < Dv
-    state_at = rows[:, None] * Dv + cols[None, :]
-    state_ok = rows_ok[:, None] & cols_ok[None, :]
+    state = head * Dk * Dv  # this head's [Dk, Dv] state in A0, dA_end, dS_end, dA0, dS0
     scratch_base = head * checkpoint_every * Dk * Dv
-    dA = tl.load(dA_end_ptr + head * Dk * Dv + state_at, mask=state_ok, other=0.0).to(ACC)
+    dA = load_block(dA_end_ptr + state, Dv, rows, rows_ok, cols, Dv).to(ACC)
     dS = tl.zeros([BK, BV], ACC)
     if OPTIMIZER == "momentum":
-        dS = tl.load(dS_end_ptr + head * Dk * Dv + state_at, mask=state_ok, other=0.0).to(ACC)
+        dS = load_block(dS_end_ptr + state, Dv, rows, rows_ok, cols, Dv).to(ACC)
     dW = tl.zeros([BK, BV], ACC)  # adjoint of W_{t−1} through token t's gradient point
     segments = tl.cdiv(T, checkpoint_every)
     for segment_from_end in range(segments):
         segment = segments - 1 - segment_from_end
         start = segment * checkpoint_every
         length = tl.minimum(checkpoint_every, T - start)
-        checkpoint_at = (head * segments + segment) * Dk * Dv + state_at
-        A = tl.load(checkpoint_A_ptr + checkpoint_at, mask=state_ok, other=0.0).to(ACC)
+        checkpoint = (head * segments + segment) * Dk * Dv
+        A = load_block(checkpoint_A_ptr + checkpoint, Dv, rows, rows_ok, cols, Dv).to(ACC)
         S = tl.zeros([BK, BV], ACC)
         if OPTIMIZER == "momentum":
-            S = tl.load(checkpoint_S_ptr + checkpoint_at, mask=state_ok, other=0.0).to(ACC)
+            S = load_block(checkpoint_S_ptr + checkpoint, Dv, rows, rows_ok, cols, Dv).to(ACC)
         W = _readout(A, rows_ok, RETENTION, Q_EXP, SCALE, EPS)
         tl.debug_barrier()  # the previous segment's reads of the scratch are done
         for i in range(length):  # rerun the segment, keeping (A_{t−1}, S_{t−1}) of every token
-            scratch_at = scratch_base + i * Dk * Dv + state_at
-            tl.store(scratch_A_ptr + scratch_at, A, mask=state_ok)
+            scratch = scratch_base + i * Dk * Dv
+            store_block(scratch_A_ptr + scratch, Dv, rows, rows_ok, cols, Dv, A)
             if OPTIMIZER == "momentum":
-                tl.store(scratch_S_ptr + scratch_at, S, mask=state_ok)
-            t = start + i
+                store_block(scratch_S_ptr + scratch, Dv, rows, rows_ok, cols, Dv, S)
             q, k, v, eta, alpha, theta, delta = _load_token(
-                q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, theta_ptr, delta_ptr, (head * T + t) * Dk,
-                (head * T + t) * Dv, head * T + t, rows, cols, rows_ok, cols_ok, ACC, OPTIMIZER, HAS_DELTA, DELTA)
+                q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, theta_ptr, delta_ptr, head, T, start + i, Dk, Dv,
+                rows, cols, rows_ok, cols_ok, ACC, OPTIMIZER, HAS_DELTA, DELTA)
             A, S, W, _, _, _ = _step(A, S, W, k, v, eta, alpha, theta, delta, rows_ok, cols_ok, BIAS, HUBER_MODE,
                                      RETENTION, OPTIMIZER, GRAD_AT, P_EXP, Q_EXP, ROBUST_DELTA, GAMMA, SCALE, EPS)
         tl.debug_barrier()
         for i_from_end in range(length):
             i = length - 1 - i_from_end
             t = start + i
-            scratch_at = scratch_base + i * Dk * Dv + state_at
-            A_prev = tl.load(scratch_A_ptr + scratch_at, mask=state_ok, other=0.0).to(ACC)
+            scratch = scratch_base + i * Dk * Dv
+            A_prev = load_block(scratch_A_ptr + scratch, Dv, rows, rows_ok, cols, Dv).to(ACC)
             S_prev = tl.zeros([BK, BV], ACC)
             if OPTIMIZER == "momentum":
-                S_prev = tl.load(scratch_S_ptr + scratch_at, mask=state_ok, other=0.0).to(ACC)
+                S_prev = load_block(scratch_S_ptr + scratch, Dv, rows, rows_ok, cols, Dv).to(ACC)
             q, k, v, eta, alpha, theta, delta = _load_token(
-                q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, theta_ptr, delta_ptr, (head * T + t) * Dk,
-                (head * T + t) * Dv, head * T + t, rows, cols, rows_ok, cols_ok, ACC, OPTIMIZER, HAS_DELTA, DELTA)
+                q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, theta_ptr, delta_ptr, head, T, t, Dk, Dv,
+                rows, cols, rows_ok, cols_ok, ACC, OPTIMIZER, HAS_DELTA, DELTA)
             do = tl.load(do_ptr + (head * T + t) * Dv + cols, mask=cols_ok, other=0.0).to(ACC)
             dA, dS, dW, dq, dk, dv, deta, dalpha, dtheta, ddelta = _token_adjoint(
                 A_prev, S_prev, q, k, v, do, eta, alpha, theta, delta, dA, dS, dW, rows_ok, cols_ok, BIAS, HUBER_MODE,
@@ -390,14 +364,14 @@ def _backward_kernel(q_ptr, k_ptr, v_ptr, eta_ptr, alpha_ptr, theta_ptr, delta_p
                 tl.store(dtheta_ptr + partial_head * T + t, dtheta)
             if HAS_DELTA:
                 tl.store(ddelta_ptr + partial_head * T + t, ddelta)
-    A0 = tl.load(A0_ptr + head * Dk * Dv + state_at, mask=state_ok, other=0.0).to(ACC)
+    A0 = load_block(A0_ptr + state, Dv, rows, rows_ok, cols, Dv).to(ACC)
     dA += _readout_vjp(A0, _readout(A0, rows_ok, RETENTION, Q_EXP, SCALE, EPS), dW, RETENTION, Q_EXP, SCALE, EPS)
-    tl.store(dA0_ptr + head * Dk * Dv + state_at, dA, mask=state_ok)
+    store_block(dA0_ptr + state, Dv, rows, rows_ok, cols, Dv, dA)
     if OPTIMIZER == "momentum":
-        tl.store(dS0_ptr + head * Dk * Dv + state_at, dS, mask=state_ok)
+        store_block(dS0_ptr + state, Dv, rows, rows_ok, cols, Dv, dS)
 
 
-# ------------------------------------------------------------------------------------------- launch
+# ---------------------------------------------------------------------------------- host functions
 
 
 def _spec_constants(spec):
@@ -424,25 +398,54 @@ def _summed(partials, like):
     return None if like is None else partials.sum(0).to(like.dtype)
 
 
-class FusedRecurrentScan(torch.autograd.Function):
-    """(o, A_T, S_T) of the exact recurrence; inputs head-major and contiguous (see `fused_recurrent_scan`).
+def forward(q, k, v, eta, alpha, theta, delta, A0, S0, spec, checkpoint_every, value_block, save):
+    """o [B, H, T, Dv], the end state A, S and the checkpoints of (A, S) every `checkpoint_every` tokens
+    (float32 or float64; a placeholder unless `save`). Inputs contiguous, θ and δ may be None."""
+    B, H, T, Dk = q.shape
+    Dv = v.shape[-1]
+    BK, BV, value_blocks = _blocks(spec, Dk, Dv, value_block)
+    acc, acc_dtype = _accumulation(q.dtype)
+    segments = triton.cdiv(T, checkpoint_every)
+    o = q.new_empty(B, H, T, Dv)
+    A, S = torch.empty_like(A0), torch.zeros_like(A0)
+    states = 2 if spec.optimizer == "momentum" else 1  # checkpoints of (A, S), or of A alone
+    checkpoints = A0.new_empty((states, B, H, segments, Dk, Dv) if save else (states, 1), dtype=acc_dtype)
+    _forward_kernel[(value_blocks, B * H)](
+        q, k, v, eta, alpha, theta if theta is not None else eta, delta if delta is not None else eta, A0, S0,
+        o, A, S, checkpoints[0], checkpoints[-1], T, Dk, Dv, checkpoint_every, BK=BK, BV=BV, ACC=acc,
+        SAVE_CHECKPOINTS=save, HAS_DELTA=delta is not None, **_spec_constants(spec))
+    return o, A, S, checkpoints
+
+
+def backward(q, k, v, eta, alpha, theta, delta, A0, checkpoints, do, dA_end, dS_end, spec, checkpoint_every,
+             value_block):
+    """Gradients (dq, dk, dv, dη, dα, dθ or None, dδ or None, dA0, dS0) in the inputs' dtypes."""
+    B, H, T, Dk = q.shape
+    Dv = v.shape[-1]
+    BK, BV, value_blocks = _blocks(spec, Dk, Dv, value_block)
+    acc, acc_dtype = _accumulation(q.dtype)
+    scratch = q.new_empty(checkpoints.shape[0], B, H, checkpoint_every, Dk, Dv, dtype=acc_dtype)
+    dq, dk = (q.new_empty(value_blocks, B, H, T, Dk, dtype=acc_dtype) for _ in range(2))
+    deta, dalpha, dtheta, ddelta = (q.new_zeros(value_blocks, B, H, T, dtype=acc_dtype) for _ in range(4))
+    dv = torch.empty_like(v, dtype=acc_dtype)
+    dA0, dS0 = torch.empty_like(A0, dtype=acc_dtype), torch.zeros_like(A0, dtype=acc_dtype)
+    _backward_kernel[(value_blocks, B * H)](
+        q, k, v, eta, alpha, theta if theta is not None else eta, delta if delta is not None else eta, A0,
+        checkpoints[0], checkpoints[-1], scratch[0], scratch[-1], do, dA_end, dS_end,
+        dq, dk, dv, deta, dalpha, dtheta, ddelta, dA0, dS0, T, Dk, Dv, checkpoint_every, B * H,
+        BK=BK, BV=BV, ACC=acc, HAS_DELTA=delta is not None, **_spec_constants(spec))
+    return (_summed(dq, q), _summed(dk, k), dv.to(v.dtype), _summed(deta, eta), _summed(dalpha, alpha),
+            _summed(dtheta, theta), _summed(ddelta, delta), dA0.to(A0.dtype), dS0.to(A0.dtype))
+
+
+class RecurrentScan(torch.autograd.Function):
+    """(o, A_T, S_T) of the exact recurrence; inputs head-major and contiguous (see `recurrent_scan`).
     `save`: keep the checkpoints (and inputs) for a backward pass."""
 
     @staticmethod
     def forward(ctx, q, k, v, eta, alpha, theta, delta, A0, S0, spec, checkpoint_every, value_block, save):
-        B, H, T, Dk = q.shape
-        Dv = v.shape[-1]
-        BK, BV, value_blocks = _blocks(spec, Dk, Dv, value_block)
-        acc, acc_dtype = _accumulation(q.dtype)
-        segments = triton.cdiv(T, checkpoint_every)
-        o = q.new_empty(B, H, T, Dv)
-        A, S = torch.empty_like(A0), torch.zeros_like(A0)
-        states = 2 if spec.optimizer == "momentum" else 1  # checkpoints of (A, S), or of A alone
-        checkpoints = A0.new_empty((states, B, H, segments, Dk, Dv) if save else (states, 1), dtype=acc_dtype)
-        _forward_kernel[(value_blocks, B * H)](
-            q, k, v, eta, alpha, theta if theta is not None else eta, delta if delta is not None else eta, A0, S0,
-            o, A, S, checkpoints[0], checkpoints[-1], T, Dk, Dv, checkpoint_every, BK=BK, BV=BV, ACC=acc,
-            SAVE_CHECKPOINTS=save, HAS_DELTA=delta is not None, **_spec_constants(spec))
+        o, A, S, checkpoints = forward(q, k, v, eta, alpha, theta, delta, A0, S0, spec, checkpoint_every,
+                                       value_block, save)
         if save:
             ctx.save_for_backward(q, k, v, eta, alpha, theta, delta, A0, checkpoints)
             ctx.config = (spec, checkpoint_every, value_block)
@@ -451,46 +454,32 @@ class FusedRecurrentScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do, dA_end, dS_end):
         q, k, v, eta, alpha, theta, delta, A0, checkpoints = ctx.saved_tensors
-        spec, checkpoint_every, value_block = ctx.config
-        B, H, T, Dk = q.shape
-        Dv = v.shape[-1]
-        BK, BV, value_blocks = _blocks(spec, Dk, Dv, value_block)
-        acc, acc_dtype = _accumulation(q.dtype)
         do = torch.zeros_like(v) if do is None else do.contiguous()
         dA_end = torch.zeros_like(A0) if dA_end is None else dA_end.contiguous()
         dS_end = torch.zeros_like(A0) if dS_end is None else dS_end.contiguous()
-        scratch = q.new_empty(checkpoints.shape[0], B, H, checkpoint_every, Dk, Dv, dtype=acc_dtype)
-        dq, dk = (q.new_empty(value_blocks, B, H, T, Dk, dtype=acc_dtype) for _ in range(2))
-        deta, dalpha, dtheta, ddelta = (q.new_zeros(value_blocks, B, H, T, dtype=acc_dtype) for _ in range(4))
-        dv = torch.empty_like(v, dtype=acc_dtype)
-        dA0, dS0 = torch.empty_like(A0, dtype=acc_dtype), torch.zeros_like(A0, dtype=acc_dtype)
-        _backward_kernel[(value_blocks, B * H)](
-            q, k, v, eta, alpha, theta if theta is not None else eta, delta if delta is not None else eta, A0,
-            checkpoints[0], checkpoints[-1], scratch[0], scratch[-1], do, dA_end, dS_end,
-            dq, dk, dv, deta, dalpha, dtheta, ddelta, dA0, dS0, T, Dk, Dv, checkpoint_every, B * H,
-            BK=BK, BV=BV, ACC=acc, HAS_DELTA=delta is not None, **_spec_constants(spec))
-        return (_summed(dq, q), _summed(dk, k), dv.to(v.dtype), _summed(deta, eta), _summed(dalpha, alpha),
-                _summed(dtheta, theta), _summed(ddelta, delta), dA0.to(A0.dtype), dS0.to(A0.dtype), None, None, None,
-                None)
+        grads = backward(q, k, v, eta, alpha, theta, delta, A0, checkpoints, do, dA_end, dS_end, *ctx.config)
+        return (*grads, None, None, None, None)
 
 
-def fused_recurrent_scan(q, k, v, eta, alpha, theta, delta, spec, A0, S0, checkpoint_every=CHECKPOINT_EVERY,
-                         value_block=MAX_VALUE_BLOCK):
-    """The exact recurrence over q, k [B, H, T, Dk], v [B, H, T, Dv], rates [B, H, T] (θ: momentum only,
-    δ: per-token Huber threshold or None for spec.delta) from A0, S0 [B, H, Dk, Dv].
+def limits(q, v, spec, chunk_size):
+    """Why this kernel cannot take these inputs, or None: a dtype other than float64, float32, bfloat16 or
+    float16. (Any Dk, Dv and T; chunk_size is not read: the scan is exact.)"""
+    return dtype_limit(q, DTYPES)
+
+
+def recurrent_scan(q, k, v, eta, alpha, theta, delta, spec, A0, S0, chunk_size, *,
+                   checkpoint_every=CHECKPOINT_EVERY, value_block=MAX_VALUE_BLOCK):
+    """The exact recurrence (docs/design.md §2) of a linear memory over q, k [B, H, T, Dk], v [B, H, T, Dv],
+    rates η, α [B, H, T] (θ: momentum only, δ: per-token Huber threshold or None for spec.delta), from
+    A0, S0 [B, H, Dk, Dv]. chunk_size is not read (the scan is exact).
 
     Returns o [B, H, T, Dv] (q's dtype) and the final A, S (A0's dtype; S is zeros without momentum).
     `checkpoint_every` sets the backward's recomputation segment, `value_block` the widest value-column
-    block of a column-separable spec (a power of two).
+    block of a column-separable spec (a power of two). Raises `KernelLimit` with the reason of `limits`.
     """
+    if (reason := limits(q, v, spec, chunk_size)) is not None:
+        raise KernelLimit(reason)
     theta = theta.contiguous() if spec.optimizer == "momentum" else None
     delta = delta.contiguous() if delta is not None else None
     tensors = [x.contiguous() for x in (q, k, v, eta, alpha)] + [theta, delta, A0.contiguous(), S0.contiguous()]
-    # decided here: inside Function.forward, ctx.needs_input_grad reads True even under torch.no_grad()
-    save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
-    return FusedRecurrentScan.apply(*tensors, spec, checkpoint_every, value_block, save)
-
-
-def run(q, k, v, eta, alpha, theta, delta, spec, A0, S0, chunk_size):
-    """The `kernels` contract: (o, A, S) of the exact recurrence (chunk_size is None here)."""
-    return fused_recurrent_scan(q, k, v, eta, alpha, theta, delta, spec, A0, S0)
+    return RecurrentScan.apply(*tensors, spec, checkpoint_every, value_block, needs_grad(*tensors))

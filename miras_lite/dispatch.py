@@ -231,7 +231,8 @@ def plan(spec, chunk_size=None, backend="torch", like=None, value_like=None, ret
             inner = plan(spec, row.chunk or chunk_size, backend, like, value_like, return_states, row.runs_as)
             return Plan(inner.implementation, inner.chunk_size, tuple(passed_over) + inner.passed_over)
         return Plan(row, row.chunk or chunk_size, tuple(passed_over))
-    last = passed_over[-1].split(": ", 1)[1] if passed_over else "no row"
+    kernels = [reason for reason in passed_over if reason.startswith("triton/")] or passed_over or ["-: no row"]
+    last = kernels[-1].split(": ", 1)[1]  # the most general kernel's reason
     raise ValueError(f"backend: no Triton kernel for {spec} (chunk_size={chunk_size}): {last}; use backend='torch' "
                      "or 'auto' (which falls back to torch)")
 

@@ -1,7 +1,7 @@
-"""`kernels/chunk_delta.py`: the exact delta rule (UT transform) in Triton, under the interpreter on CPU.
+"""`kernels/delta_rule.py`: the exact delta rule (UT transform) in Triton, under the interpreter on CPU.
 
 Values and gradients (q, k, v, η, α and the initial state, through a random linear functional of the outputs and
-the end memory) equal the token-by-token recurrence of `reference.reference_scan` (DESIGN §2, float64) for
+the end memory) equal the token-by-token recurrence of `reference.reference_scan` (docs/design.md §2, float64) for
 deltanet, gated_deltanet, longhorn, the grad_at="previous" forms (ttt_linear, gated_deltanet with the gradient at
 W_{t−1}) and implicit steps with decay; with T = 1, T spanning several chunks with a partial last one, Dk ≠ Dv,
 widths that are not powers of two and span several value blocks, head-major and token-major layouts, decays that
@@ -12,10 +12,12 @@ backend="torch".
 import pytest
 import torch
 
-import kernels
 import miras_lite as ml
-from kernels import chunk_delta
+from kernels import delta_rule
+from miras_lite import dispatch
 from reference import reference_scan
+
+pytestmark = pytest.mark.kernels
 
 SPECS = {
     "gated_deltanet": ml.preset("gated_deltanet"),
@@ -54,8 +56,8 @@ def _scan_with_grads(spec, inputs, implementation, dtype=torch.float64, head_maj
         o, A, _, _ = reference_scan(q, k, v, leaves["eta"], leaves["alpha"], None, spec, leaves["initial_state"])
     else:
         q, k, v = (x.transpose(1, 2).contiguous() if head_major else x.transpose(1, 2) for x in (q, k, v))
-        o, A, _ = chunk_delta.run(q, k, v, leaves["eta"].transpose(1, 2), leaves["alpha"].transpose(1, 2), None, None,
-                                  spec, leaves["initial_state"], None, None)
+        o, A, _ = delta_rule.delta_rule_scan(q, k, v, leaves["eta"].transpose(1, 2), leaves["alpha"].transpose(1, 2),
+                                             None, None, spec, leaves["initial_state"], None, None)
         o = o.transpose(1, 2)
     generator = torch.Generator().manual_seed(1)
     weight_o = torch.randn(o.shape, generator=generator, dtype=torch.float64).to(dtype)
@@ -113,7 +115,8 @@ def test_bfloat16_inputs_match_the_float32_recurrence_of_the_rounded_inputs():
 
 def test_memory_scan_runs_the_kernel_for_gated_deltanet():
     spec = SPECS["gated_deltanet"]
-    assert kernels.kernel_for(spec, None, None) == (chunk_delta.run, None)
+    plan = dispatch.plan(spec, None, "triton")
+    assert (plan.implementation.load(), plan.passed_over) == (delta_rule.delta_rule_scan, ())
     inputs = _inputs(spec, B=2, T=18, H=1, Dk=4, Dv=3, seed=6)
     shared_state = inputs.pop("initial_state")[0]  # [H, Dk, Dv], shared by the batch
     leaves = {name: x.float().requires_grad_() for name, x in inputs.items()}
@@ -129,16 +132,18 @@ def test_memory_scan_runs_the_kernel_for_gated_deltanet():
 
 
 def test_unsupported_specs_give_a_reason():
+    """The kernel's row of the dispatch table covers exactly the delta-rule specs."""
+    covers = dispatch.IMPLEMENTATIONS["triton/delta_rule"].covers
     for name in SPECS:
-        assert chunk_delta.unsupported(SPECS[name]) is None
-    assert "bias" in chunk_delta.unsupported(ml.preset("linear_attention"))
-    assert "optimizer" in chunk_delta.unsupported(ml.MemorySpec(optimizer="momentum"))
-    assert "retention" in chunk_delta.unsupported(ml.MemorySpec(retention="lq"))
-    assert "linear" in chunk_delta.unsupported(ml.preset("ttt_mlp"))
+        assert covers(SPECS[name]) is None
+    assert "bias" in covers(ml.preset("linear_attention"))
+    assert "optimizer" in covers(ml.MemorySpec(optimizer="momentum"))
+    assert "retention" in covers(ml.MemorySpec(retention="lq"))
+    assert "linear" in covers(ml.preset("ttt_mlp"))
 
 
-def test_run_refuses_a_chunk_size():
+def test_scan_refuses_a_chunk_size():
     spec = SPECS["deltanet"]
     x = torch.zeros(1, 1, 2, 3)
     with pytest.raises(ValueError, match="^chunk_size"):
-        chunk_delta.run(x, x, x, x[..., 0], x[..., 0] + 1, None, None, spec, torch.zeros(1, 1, 3, 3), None, 4)
+        delta_rule.delta_rule_scan(x, x, x, x[..., 0], x[..., 0] + 1, None, None, spec, torch.zeros(1, 1, 3, 3), None, 4)

@@ -1,4 +1,4 @@
-"""`kernels.chunk_minibatch`: the mini-batch dual-form scan in Triton (on CPU under TRITON_INTERPRET=1).
+"""`kernels.minibatch`: the mini-batch dual-form scan in Triton (on CPU under TRITON_INTERPRET=1).
 
 Reference: the torch chunked path, `memory_scan(..., chunk_size=C, backend="torch")`. Compared: outputs,
 end state and the gradients w.r.t. q, k, v, η, α, δ and the initial state, for every supported
@@ -11,8 +11,11 @@ import pytest
 import torch
 
 import miras_lite as ml
-from kernels import chunk_minibatch
+from kernels import minibatch
+from miras_lite import dispatch
 from miras_lite.spec import MemorySpec
+
+pytestmark = pytest.mark.kernels
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # without CUDA, conftest switches the interpreter on
 BIASES = [dict(bias="dot"), dict(bias="l2"), dict(bias="lp", p=3.0), dict(bias="huber", delta=0.4)]
@@ -42,12 +45,12 @@ def _leaves(spec, T, Dk, Dv, seed, per_token_delta, B=1, H=2):
 
 
 def _kernel_scan(spec, chunk_size, q, k, v, eta, alpha, initial_state, delta=None):
-    """`chunk_minibatch.run` with memory_scan's token-major layout."""
+    """`minibatch.minibatch_scan` with memory_scan's token-major layout."""
     heads_first = (x.transpose(1, 2) for x in (q, k, v))
     rates = (None if x is None else x.permute(0, 2, 1) for x in (eta, alpha, delta))
     eta_h, alpha_h, delta_h = rates
-    o, A, _ = chunk_minibatch.run(*heads_first, eta_h, alpha_h, None, delta_h, spec, initial_state,
-                                  torch.zeros_like(initial_state), chunk_size)
+    o, A, _ = minibatch.minibatch_scan(*heads_first, eta_h, alpha_h, None, delta_h, spec, initial_state,
+                                       torch.zeros_like(initial_state), chunk_size)
     return o.transpose(1, 2), A
 
 
@@ -98,7 +101,7 @@ def test_shapes(T, chunk_size, Dk, Dv):
 
 def test_value_columns_split_across_programs():
     Dk, Dv = 40, 80
-    assert chunk_minibatch._blocks(4, Dk, Dv)[2] < Dv  # premise: two programs share the value columns
+    assert minibatch._blocks(4, Dk, Dv)[2] < Dv  # premise: two programs share the value columns
     _check_against_torch(HUBER, T=9, chunk_size=4, Dk=Dk, Dv=Dv, seed=1)
 
 
@@ -135,16 +138,27 @@ def test_memory_scan_backend_triton():
                                     dict(bias="l2", optimizer="implicit"), dict(bias="robust"),
                                     dict(bias="huber", huber_mode="norm")])
 def test_unsupported_specs_give_a_reason(fields):
-    assert chunk_minibatch.unsupported(MemorySpec(**fields))
-    assert all(chunk_minibatch.unsupported(spec) is None for spec in SPECS)
+    """The kernel's row of the dispatch table covers exactly the specs of this kernel."""
+    covers = dispatch.IMPLEMENTATIONS["triton/minibatch"].covers
+    assert covers(MemorySpec(**fields))
+    assert all(covers(spec) is None for spec in SPECS)
 
 
 @pytest.mark.parametrize("spec, dtype, chunk_size, argument", [
-    (MemorySpec(retention="lq"), torch.float32, 2, "spec"),
+    (MemorySpec(retention="lq"), torch.float32, 2, "retention"),
     (MemorySpec(), torch.float64, 2, "q"),
     (MemorySpec(), torch.float32, 4096, "chunk_size"),
 ], ids=["spec", "dtype", "chunk"])
 def test_run_rejects_what_it_cannot_compute(spec, dtype, chunk_size, argument):
-    leaves = _leaves(MemorySpec(), T=3, Dk=4, Dv=4, seed=0, per_token_delta=False)
+    """The kernel refuses inputs outside its limits; a spec it does not compute is refused by the dispatch
+    table (`memory_scan(backend="triton")`), before any kernel runs."""
+    leaves = {name: x.to(dtype) for name, x in _leaves(MemorySpec(), T=3, Dk=4, Dv=4, seed=0,
+                                                          per_token_delta=False).items()}
+    scan = _memory_scan_triton if argument == "retention" else _kernel_scan
     with pytest.raises(ValueError, match=argument):
-        _kernel_scan(spec, chunk_size, **{name: x.to(dtype) for name, x in leaves.items()})
+        scan(spec, chunk_size, **leaves)
+
+
+def _memory_scan_triton(spec, chunk_size, q, k, v, eta, alpha, initial_state):
+    return ml.memory_scan(q, k, v, eta=eta, alpha=alpha, spec=spec, initial_state=initial_state, chunk_size=chunk_size,
+                          backend="triton")

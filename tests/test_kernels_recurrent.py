@@ -1,4 +1,4 @@
-"""`kernels.fused_recurrent`: the fused Triton scan of the exact linear recurrence (DESIGN §2).
+"""`kernels.recurrent`: the fused Triton scan of the exact linear recurrence (docs/design.md §2).
 
 Values (o, final A, final S) and gradients w.r.t. q, k, v, η, α, θ, δ, A0 and S0 are compared with the torch
 exact recurrence, `memory_scan(backend="torch")`, in float64 (the interpreter runs the kernel in float64 too),
@@ -19,12 +19,14 @@ from typing import NamedTuple
 import pytest
 import torch
 
-import kernels
 import miras_lite as ml
-from kernels import fused_recurrent
+from kernels import recurrent
+from miras_lite import dispatch
 from miras_lite.spec import MemorySpec
 
 from cases import BIASES
+
+pytestmark = pytest.mark.kernels
 
 RETENTIONS = [dict(retention="none"), dict(retention="l2"), dict(retention="lq", q=4.0), dict(retention="kl"),
               dict(retention="elastic", gamma=0.01)]
@@ -103,8 +105,8 @@ def _kernel_scan(spec, leaves, value_block):
     head_major = [leaves[name].transpose(1, 2) if name in leaves else None
                   for name in ("q", "k", "v", "eta", "alpha", "theta", "delta")]
     S0 = leaves.get("S0", torch.zeros_like(leaves["A0"]))
-    o, A, S = fused_recurrent.fused_recurrent_scan(*head_major, spec, leaves["A0"], S0,
-                                                   checkpoint_every=CHECKPOINT_EVERY, value_block=value_block)
+    o, A, S = recurrent.recurrent_scan(*head_major, spec, leaves["A0"], S0, None,
+                                       checkpoint_every=CHECKPOINT_EVERY, value_block=value_block)
     return o.transpose(1, 2), A, S
 
 
@@ -129,7 +131,7 @@ def _assert_close(actual, expected, tolerance):
 @pytest.mark.parametrize("case", _pairwise_cases(), ids=_case_id)
 def test_values_and_gradients_match_the_exact_recurrence(case):
     spec = case.spec
-    assert fused_recurrent.unsupported(spec) is None
+    assert dispatch.IMPLEMENTATIONS["triton/recurrent"].covers(spec) is None
     leaves = _leaves(spec, case.T, case.Dv, case.per_token_delta, B=case.B, H=case.H)
     expected_values, expected_grads = _values_and_grads(lambda x: _torch_scan(spec, x), leaves)
     values, grads = _values_and_grads(lambda x: _kernel_scan(spec, x, case.value_block), leaves)
@@ -158,7 +160,7 @@ def test_memory_scan_dispatches_the_exact_scan_here():
     """memory_scan(backend="triton") runs this kernel for a spec no chunked kernel computes exactly, with float
     rates (expanded, non-contiguous views) and an initial state shared by the batch."""
     spec = MemorySpec(bias="robust", retention="kl", optimizer="momentum", grad_at="previous")
-    assert kernels.kernel_for(spec, None, None)[0] is fused_recurrent.run
+    assert dispatch.plan(spec, None, "triton").implementation.load() is recurrent.recurrent_scan
     g = torch.Generator().manual_seed(3)
     q, k = (0.5 * torch.randn(2, 7, 1, 4, generator=g, dtype=torch.float64) for _ in range(2))
     v = torch.randn(2, 7, 1, 3, generator=g, dtype=torch.float64)
