@@ -1,13 +1,13 @@
-"""`python -m kernels.bench`: throughput of the memory recurrence, torch vs Triton vs flash-linear-attention.
+"""`python -m benchmarks.kernels`: throughput of the memory recurrence, torch vs Triton vs flash-linear-attention.
 
 Every row times one method on one spec, forward ("fwd") and forward+backward ("fwd+bwd"):
 
-    torch/loop               the exact recurrence token by token (`miras_lite.recurrent.exact_scan`)
-    torch/exact_ut           memory_scan(chunk_size=None): the UT-transform delta rule in torch
-    torch/chunked            memory_scan(chunk_size=64): the dual mini-batch form in torch
-    triton/fused_recurrent   kernels.fused_recurrent (exact, state on chip)
-    triton/chunk_delta       kernels.chunk_delta (exact delta rule, UT transform)
-    triton/chunk_minibatch   kernels.chunk_minibatch (dual mini-batch form, chunk 64)
+    torch/recurrent          the exact recurrence token by token (`miras_lite/ops/recurrent.py`)
+    torch/delta_rule         memory_scan(chunk_size=None): the exact UT-transform delta rule in torch
+    torch/minibatch          memory_scan(chunk_size=64): the mini-batch dual form in torch
+    triton/recurrent         kernels.recurrent.recurrent_scan (exact, state on chip)
+    triton/delta_rule        kernels.delta_rule.delta_rule_scan (exact delta rule, UT transform)
+    triton/minibatch         kernels.minibatch.minibatch_scan (mini-batch dual form, chunk 64)
     fla/chunk, fla/fused_recurrent   flash-linear-attention's chunk_gated_delta_rule and
                              fused_recurrent_gated_delta_rule (only when `fla` is installed, on a GPU)
 
@@ -16,22 +16,33 @@ recurrent 6D² (read, error, write); dual mini-batch 4CD + 6D²; UT delta rule 1
 3× the forward. On a CUDA GPU the sizes are T ∈ {1k, 4k, 16k}, D ∈ {64, 128}, bf16, B=8, H=16 (the token
 loop only up to --loop-max-t); without one, torch rows run in float32 at small sizes and each Triton
 kernel gets an interpreted smoke run (TRITON_INTERPRET=1: a correctness run, not a speed).
-Writes a parquet file and an Altair chart (HTML) and prints the issue's ratios next to their targets.
+Writes a parquet file and an Altair chart (HTML) and prints the measured ratios next to the targets in
+kernels/README.md.
 """
 
-import argparse
-import sys
-from pathlib import Path
+import os
 
-import polars as pl
 import torch
 
-from miras_lite.bench import fastest_seconds
-from miras_lite.recurrent import exact_scan
-from miras_lite.scan import memory_scan
-from miras_lite.spec import MemorySpec, preset
+if not torch.cuda.is_available():
+    # Without a GPU the kernels run only under the Triton interpreter, and Triton reads TRITON_INTERPRET when
+    # `@triton.jit` wraps a function, i.e. when a kernel module is imported: so set it here, before the imports
+    # below and before memory_scan's dispatch imports any of them. (Importing `kernels` sets nothing.)
+    os.environ["TRITON_INTERPRET"] = "1"
 
-from . import chunk_delta, chunk_minibatch, fused_recurrent
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import polars as pl  # noqa: E402
+
+from kernels.delta_rule import delta_rule_scan  # noqa: E402
+from kernels.minibatch import minibatch_scan  # noqa: E402
+from kernels.recurrent import recurrent_scan  # noqa: E402
+from miras_lite import MemorySpec, memory_scan, preset  # noqa: E402
+from miras_lite.ops.recurrent import recurrent_scan as torch_recurrent_scan  # noqa: E402
+
+from .common import fastest_seconds, machine_line, print_table  # noqa: E402
 
 CHUNK = 64
 DELTA_RULE = preset("gated_deltanet")
@@ -40,12 +51,15 @@ MINIBATCH_SPECS = {
     "lp": MemorySpec(bias="lp", retention="l2", grad_at="retained"),
     "huber": MemorySpec(bias="huber", huber_mode="coord", retention="l2", grad_at="retained"),
 }
-TARGETS = (  # (what, numerator method/spec, denominator method/spec, at least)
-    ("exact delta-rule kernel vs fla chunk", ("triton/chunk_delta", "gated_deltanet"), ("fla/chunk", "gated_deltanet"), 0.9),
-    ("mini-batch kernel lp vs l2", ("triton/chunk_minibatch", "lp"), ("triton/chunk_minibatch", "l2"), 0.7),
-    ("mini-batch kernel huber vs l2", ("triton/chunk_minibatch", "huber"), ("triton/chunk_minibatch", "l2"), 0.7),
-    ("fused recurrent kernel vs torch loop", ("triton/fused_recurrent", "gated_deltanet"), ("torch/loop", "gated_deltanet"), 50.0),
+TARGETS = (  # the targets of kernels/README.md: (what, numerator method/spec, denominator method/spec, at least)
+    ("exact delta-rule kernel vs fla chunk", ("triton/delta_rule", "gated_deltanet"), ("fla/chunk", "gated_deltanet"),
+     0.9),
+    ("mini-batch kernel lp vs l2", ("triton/minibatch", "lp"), ("triton/minibatch", "l2"), 0.7),
+    ("mini-batch kernel huber vs l2", ("triton/minibatch", "huber"), ("triton/minibatch", "l2"), 0.7),
+    ("recurrent kernel vs torch token loop", ("triton/recurrent", "gated_deltanet"),
+     ("torch/recurrent", "gated_deltanet"), 50.0),
 )
+COLUMNS = ("method", "spec", "T", "D", "passes", "seconds", "tokens_per_s", "tflops")
 
 
 # ------------------------------------------------------------------------------------- methods
@@ -56,19 +70,19 @@ def _torch_loop(spec, q, k, v, eta, alpha):
     B, T, H, Dk = q.shape
     zeros = (q.new_zeros(B, H, Dk, v.shape[-1]),)
     head_major = (x.transpose(1, 2) for x in (q, k, v, eta, alpha))
-    return exact_scan(*head_major, None, None, spec, zeros, zeros)[0].transpose(1, 2)
+    return torch_recurrent_scan(*head_major, None, None, spec, zeros, zeros)[0].transpose(1, 2)
 
 
 def _scan(chunk_size):
     return lambda spec, q, k, v, eta, alpha: memory_scan(q, k, v, eta, alpha, spec=spec, chunk_size=chunk_size)[0]
 
 
-def _kernel(module, chunk_size):
+def _kernel(scan, chunk_size):
     def run(spec, q, k, v, eta, alpha):
         B, T, H, Dk = q.shape
         A0 = q.new_zeros(B, H, Dk, v.shape[-1])
         head_major = (x.transpose(1, 2) for x in (q, k, v, eta, alpha))
-        return module.run(*head_major, None, None, spec, A0, torch.zeros_like(A0), chunk_size)[0].transpose(1, 2)
+        return scan(*head_major, None, None, spec, A0, torch.zeros_like(A0), chunk_size)[0].transpose(1, 2)
 
     return run
 
@@ -84,23 +98,23 @@ def _fla(name):
 
 
 def _flops_per_token(method, D):
-    if method in ("torch/loop", "triton/fused_recurrent", "fla/fused_recurrent"):
+    if method in ("torch/recurrent", "triton/recurrent", "fla/fused_recurrent"):
         return 6 * D * D
-    if method in ("torch/chunked", "triton/chunk_minibatch"):
+    if method in ("torch/minibatch", "triton/minibatch"):
         return 4 * CHUNK * D + 6 * D * D
     return 10 * CHUNK * D + 6 * D * D
 
 
 def _rows_to_run(gpu, fla_available):
     """(method, spec name, spec, run) for every row."""
-    exact = [("torch/loop", _torch_loop), ("torch/exact_ut", _scan(None)),
-             ("triton/fused_recurrent", _kernel(fused_recurrent, None)), ("triton/chunk_delta", _kernel(chunk_delta, None))]
+    exact = [("torch/recurrent", _torch_loop), ("torch/delta_rule", _scan(None)),
+             ("triton/recurrent", _kernel(recurrent_scan, None)), ("triton/delta_rule", _kernel(delta_rule_scan, None))]
     if gpu and fla_available:
         exact += [("fla/chunk", _fla("chunk")), ("fla/fused_recurrent", _fla("fused_recurrent"))]
     rows = [(method, "gated_deltanet", DELTA_RULE, run) for method, run in exact]
     for name, spec in MINIBATCH_SPECS.items():
-        rows.append(("torch/chunked", name, spec, _scan(CHUNK)))
-        rows.append(("triton/chunk_minibatch", name, spec, _kernel(chunk_minibatch, CHUNK)))
+        rows.append(("torch/minibatch", name, spec, _scan(CHUNK)))
+        rows.append(("triton/minibatch", name, spec, _kernel(minibatch_scan, CHUNK)))
     return rows
 
 
@@ -118,19 +132,12 @@ def _inputs(B, T, H, D, dtype, device, seed=0):
 
 
 def _seconds(fn, repeats, device):
-    """Fastest seconds of fn() after one warm-up call (which also compiles / autotunes); on a GPU every
-    call waits for the device to finish."""
-
-    def finished():
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    finished()
-    return fastest_seconds(finished, repeats)
+    """Fastest seconds of fn() after one warm-up call (which also compiles / autotunes)."""
+    fn()
+    return fastest_seconds(fn, repeats, device)
 
 
-def _measure(method, spec, run, inputs, repeats, device):
+def _measure(spec, run, inputs, repeats, device):
     """{pass: seconds} for the forward and forward+backward passes of one method."""
     grad_out = torch.randn_like(inputs[2])
 
@@ -166,20 +173,22 @@ def run_bench(args):
     gpu = torch.cuda.is_available()
     grid = _grid(args, gpu)
     fla_available = _fla_available()
-    where = torch.cuda.get_device_name() if gpu else f"CPU, {torch.get_num_threads()} threads (no CUDA GPU)"
-    print(f"# kernels.bench on {where}; torch {torch.__version__}; B={grid['B']} H={grid['H']} "
-          f"{str(grid['dtype']).removeprefix('torch.')}; fla {'installed' if fla_available else 'not installed'}", flush=True)
+    where = torch.cuda.get_device_name() if gpu else "CPU (no CUDA GPU; Triton kernels interpreted)"
+    print(f"# benchmarks.kernels on {where}; {machine_line()}; B={grid['B']} H={grid['H']} "
+          f"{str(grid['dtype']).removeprefix('torch.')}; fla {'installed' if fla_available else 'not installed'}",
+          flush=True)
     records = []
     for D in grid["dims"]:
         for T in grid["lengths"]:
             inputs = _inputs(grid["B"], T, grid["H"], D, grid["dtype"], grid["device"])
             for method, name, spec, run in _rows_to_run(gpu, fla_available):
-                if method == "torch/loop" and T > args.loop_max_t:
+                if method == "torch/recurrent" and T > args.loop_max_t:
                     continue
                 if method.startswith("triton/") and not gpu and T > args.interpreted_max_t:
                     continue
-                for pass_name, seconds in _measure(method, spec, run, inputs, args.repeats, grid["device"]).items():
-                    flops = _flops_per_token(method, D) * grid["B"] * grid["H"] * T * (3 if pass_name == "fwd+bwd" else 1)
+                for pass_name, seconds in _measure(spec, run, inputs, args.repeats, grid["device"]).items():
+                    passes = 3 if pass_name == "fwd+bwd" else 1
+                    flops = _flops_per_token(method, D) * grid["B"] * grid["H"] * T * passes
                     records.append(dict(method=method, spec=name, T=T, D=D, passes=pass_name, seconds=seconds,
                                         tokens_per_s=grid["B"] * T / seconds, tflops=flops / seconds / 1e12,
                                         interpreted=method.startswith("triton/") and not gpu))
@@ -190,8 +199,8 @@ def run_bench(args):
 
 
 def _report(frame, out):
-    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, float_precision=4):
-        print(frame.drop("interpreted"))
+    print_table(COLUMNS, [(r["method"], r["spec"], r["T"], r["D"], r["passes"], f"{r['seconds']:.4g}",
+                           f"{r['tokens_per_s']:.4g}", f"{r['tflops']:.4g}") for r in frame.iter_rows(named=True)])
     print("# interpreted Triton rows (CPU) check that the kernels run; their times are not speeds", flush=True)
     _print_targets(frame)
     out = Path(out)
@@ -202,14 +211,15 @@ def _report(frame, out):
 
 
 def _print_targets(frame):
-    """The issue's ratios (throughput of one row over another, fwd+bwd) next to their targets."""
+    """The targets in kernels/README.md (throughput of one row over another, fwd+bwd), each next to its ratio."""
     speed = frame.filter(pl.col("passes") == "fwd+bwd", ~pl.col("interpreted"))
     for what, (num_method, num_spec), (den_method, den_spec), target in TARGETS:
         num = speed.filter(method=num_method, spec=num_spec)
         den = speed.filter(method=den_method, spec=den_spec)
         joined = num.join(den, on=["T", "D"], suffix="_base")
         if joined.is_empty():
-            print(f"# {what}: not measured here (needs a GPU{' and fla' if 'fla' in den_method else ''}); target >= {target}x")
+            needs = "a GPU and fla" if "fla" in den_method else "a GPU"
+            print(f"# {what}: not measured here (needs {needs}); target >= {target}x")
             continue
         for row in joined.iter_rows(named=True):
             ratio = row["tokens_per_s"] / row["tokens_per_s_base"]
@@ -234,7 +244,7 @@ def _chart(frame):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CPU only: one tiny size (a smoke test)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per row (the fastest counts; default 5)")
     parser.add_argument("--loop-max-t", type=int, default=4096, help="longest T for the torch token loop")

@@ -107,16 +107,6 @@ def _per_token(ptr, bh, T, t0, rows, valid):
 
 
 @triton.jit
-def _decayed_scores(q, k, bh, H, T, Dk, t0, rows, valid, ell, BT: tl.constexpr, BK: tl.constexpr,
-                    TOKEN_MAJOR: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
-    """The chunk's queries Q and its causal, decayed scores (Q Kᵀ) ⊙ L, L_ij = e^{ℓ_i − ℓ_j} for i ≥ j."""
-    queries = _load_tile(q, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
-    keys = _load_tile(k, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
-    causal = (rows[:, None] >= rows[None, :]) & valid[:, None]
-    return queries, dot(queries, tl.trans(keys), DTYPE, PRECISION) * decay_mask(ell, ell, causal)
-
-
-@triton.jit
 def _unit_lower_inverse(psi, BT: tl.constexpr, PRECISION: tl.constexpr):
     """(I + Ψ)⁻¹ for a strictly lower-triangular Ψ [BT, BT], in float32.
 
@@ -138,6 +128,35 @@ def _unit_lower_inverse(psi, BT: tl.constexpr, PRECISION: tl.constexpr):
     return dot(identity - Z, dot(identity + Z_squared, inverse, tl.float32, PRECISION), tl.float32, PRECISION)
 
 
+@triton.jit
+def _chunk_scores(q, k, ell_ptr, H, T, Dk, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                  TOKEN_MAJOR: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """The program of a (value block, chunk, head) grid: (v0, n, bh, t0, ℓ, Q) of its chunk and the causal, decayed
+    scores (Q Kᵀ) ⊙ L, L_ij = e^{ℓ_i − ℓ_j} for i ≥ j."""
+    v0, n, bh = tl.program_id(0) * BV, tl.program_id(1), tl.program_id(2).to(tl.int64)
+    t0 = n * BT
+    rows, valid, ell, _ = _chunk_ell(ell_ptr, bh, T, t0, BT)
+    queries = _load_tile(q, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
+    keys = _load_tile(k, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
+    causal = (rows[:, None] >= rows[None, :]) & valid[:, None]
+    return v0, n, bh, t0, ell, queries, dot(queries, tl.trans(keys), DTYPE, PRECISION) * decay_mask(ell, ell, causal)
+
+
+@triton.jit
+def _ut_chunk(k, eta_eff_ptr, ell_ptr, ell_point_ptr, H, T, Dk, BT: tl.constexpr, BK: tl.constexpr,
+              TOKEN_MAJOR: tl.constexpr):
+    """The program of a (chunk, head) grid of the UT transform: (bh, t0, rows, valid, η̃, ℓᴾ, K, the strictly
+    lower mask, Λ) of its chunk, Λ_ij = e^{ℓᴾ_i − ℓ_j} for i > j (0 elsewhere), so that Ψ = diag(η̃) (K Kᵀ ⊙ Λ)."""
+    n, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    t0 = n * BT
+    rows, valid, ell, _ = _chunk_ell(ell_ptr, bh, T, t0, BT)
+    eta_eff = _per_token(eta_eff_ptr, bh, T, t0, rows, valid)
+    ell_point = _per_token(ell_point_ptr, bh, T, t0, rows, valid)
+    keys = _load_tile(k, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
+    strictly_lower = (rows[:, None] > rows[None, :]) & valid[:, None]
+    return bh, t0, rows, valid, eta_eff, ell_point, keys, strictly_lower, decay_mask(ell_point, ell, strictly_lower)
+
+
 # ------------------------------------------------------------------------------------- forward
 
 _CONFIGS = [triton.Config({"BV": bv}, num_warps=warps, num_stages=stages)
@@ -152,14 +171,9 @@ def _ut_transform_fwd(k, v, eta_eff_ptr, ell_ptr, ell_point_ptr, t_inv, k_solved
                       DTYPE: tl.constexpr, PRECISION: tl.constexpr):
     """One chunk: T_inv = (I + strictly-lower(diag(η̃) K Kᵀ ⊙ e^{ℓᴾ_i − ℓ_j}))⁻¹,
     K_solved = T_inv diag(η̃ e^{ℓᴾ}) K, V_solved = T_inv diag(η̃) V."""
-    n, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    t0 = n * BT
-    rows, valid, ell, _ = _chunk_ell(ell_ptr, bh, T, t0, BT)
-    eta_eff = _per_token(eta_eff_ptr, bh, T, t0, rows, valid)
-    ell_point = _per_token(ell_point_ptr, bh, T, t0, rows, valid)
-    keys = _load_tile(k, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
-    strictly_lower = (rows[:, None] > rows[None, :]) & valid[:, None]
-    psi = eta_eff[:, None] * dot(keys, tl.trans(keys), DTYPE, PRECISION) * decay_mask(ell_point, ell, strictly_lower)
+    bh, t0, _, _, eta_eff, ell_point, keys, _, decay = _ut_chunk(k, eta_eff_ptr, ell_ptr, ell_point_ptr, H, T, Dk,
+                                                                 BT, BK, TOKEN_MAJOR)
+    psi = eta_eff[:, None] * dot(keys, tl.trans(keys), DTYPE, PRECISION) * decay
     inverse = _unit_lower_inverse(psi, BT, PRECISION)
     _store_tile(t_inv, bh, H, T, BT, t0, 0, inverse, BT, BT, False)
     scaled_keys = keys * (eta_eff * tl.exp(ell_point))[:, None]
@@ -191,17 +205,6 @@ def _state_pass_fwd(k, k_solved, v_solved, ell_ptr, W0, states, u, W_end, H, T, 
         write_keys = keys * tl.exp(ell_last - ell)[:, None]
         memory = memory * tl.exp(ell_last) + dot(tl.trans(write_keys), u_n, DTYPE, PRECISION)
     _store_memory(W_end + bh * Dk * Dv, Dk, Dv, v0, memory, BK, BV)
-
-
-@triton.jit
-def _chunk_scores(q, k, ell_ptr, H, T, Dk, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                  TOKEN_MAJOR: tl.constexpr, DTYPE: tl.constexpr, PRECISION: tl.constexpr):
-    """The program of a (value block, chunk, head) grid: (v0, n, bh, t0, Q, (Q Kᵀ) ⊙ L) of its chunk."""
-    v0, n, bh = tl.program_id(0) * BV, tl.program_id(1), tl.program_id(2).to(tl.int64)
-    t0 = n * BT
-    rows, valid, ell, _ = _chunk_ell(ell_ptr, bh, T, t0, BT)
-    queries, scores = _decayed_scores(q, k, bh, H, T, Dk, t0, rows, valid, ell, BT, BK, TOKEN_MAJOR, DTYPE, PRECISION)
-    return v0, n, bh, t0, ell, queries, scores
 
 
 @triton.autotune(configs=tuning_configs(_CONFIGS), key=_KEY)
@@ -324,12 +327,8 @@ def _ut_transform_bwd(k, v, eta_eff_ptr, ell_ptr, ell_point_ptr, t_inv, dk_solve
     dT_inv = dK_solved (diag(η̃ e^{ℓᴾ}) K)ᵀ + dU (diag(η̃) V)ᵀ,  dΨ = strictly-lower(−T_invᵀ dT_inv T_invᵀ),
     dK = diag(η̃ e^{ℓᴾ}) T_invᵀ dK_solved + (dΨ ⊙ η̃ Λ + (dΨ ⊙ η̃ Λ)ᵀ) K with Λ_ij = e^{ℓᴾ_i − ℓ_j},
     dV = diag(η̃) T_invᵀ dU."""
-    n, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    t0 = n * BT
-    rows, valid, ell, _ = _chunk_ell(ell_ptr, bh, T, t0, BT)
-    eta_eff = _per_token(eta_eff_ptr, bh, T, t0, rows, valid)
-    ell_point = _per_token(ell_point_ptr, bh, T, t0, rows, valid)
-    keys = _load_tile(k, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
+    bh, t0, rows, valid, eta_eff, ell_point, keys, strictly_lower, decay = _ut_chunk(
+        k, eta_eff_ptr, ell_ptr, ell_point_ptr, H, T, Dk, BT, BK, TOKEN_MAJOR)
     inverse = _load_tile(t_inv, bh, H, T, BT, t0, 0, BT, BT, False)
     dk_solved_n = _load_tile(dk_solved, bh, H, T, Dk, t0, 0, BT, BK, TOKEN_MAJOR)
     key_scale = eta_eff * tl.exp(ell_point)
@@ -346,10 +345,8 @@ def _ut_transform_bwd(k, v, eta_eff_ptr, ell_ptr, ell_point_ptr, t_inv, dk_solve
     dkey_scale = tl.sum(dscaled_keys * keys, 1)
     deta_eff_n += dkey_scale * tl.exp(ell_point)
     dell_point_n = dkey_scale * key_scale
-    strictly_lower = (rows[:, None] > rows[None, :]) & valid[:, None]
     dpsi = -dot(tl.trans(inverse), dot(dinverse, tl.trans(inverse), DTYPE, PRECISION), DTYPE, PRECISION)
     dpsi = tl.where(strictly_lower, dpsi, 0.0)
-    decay = decay_mask(ell_point, ell, strictly_lower)
     kk = dot(keys, tl.trans(keys), DTYPE, PRECISION)
     deta_eff_n += tl.sum(dpsi * kk * decay, 1)
     pair = dpsi * eta_eff[:, None] * kk * decay

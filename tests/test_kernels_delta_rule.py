@@ -146,4 +146,5 @@ def test_scan_refuses_a_chunk_size():
     spec = SPECS["deltanet"]
     x = torch.zeros(1, 1, 2, 3)
     with pytest.raises(ValueError, match="^chunk_size"):
-        delta_rule.delta_rule_scan(x, x, x, x[..., 0], x[..., 0] + 1, None, None, spec, torch.zeros(1, 1, 3, 3), None, 4)
+        delta_rule.delta_rule_scan(x, x, x, x[..., 0], x[..., 0] + 1, None, None, spec, torch.zeros(1, 1, 3, 3), None,
+                                   4)

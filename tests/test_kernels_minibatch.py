@@ -60,6 +60,11 @@ def _torch_scan(spec, chunk_size, q, k, v, eta, alpha, initial_state, delta=None
     return o, state.A
 
 
+def _memory_scan_triton(spec, chunk_size, q, k, v, eta, alpha, initial_state):
+    return ml.memory_scan(q, k, v, eta=eta, alpha=alpha, spec=spec, initial_state=initial_state, chunk_size=chunk_size,
+                          backend="triton")
+
+
 def _values_and_grads(scan, spec, chunk_size, leaves):
     """o, A_end and the gradients of a random projection of both w.r.t. every leaf, all as float32 (so bf16
     and float32 runs compare directly)."""
@@ -157,8 +162,3 @@ def test_run_rejects_what_it_cannot_compute(spec, dtype, chunk_size, argument):
     scan = _memory_scan_triton if argument == "retention" else _kernel_scan
     with pytest.raises(ValueError, match=argument):
         scan(spec, chunk_size, **leaves)
-
-
-def _memory_scan_triton(spec, chunk_size, q, k, v, eta, alpha, initial_state):
-    return ml.memory_scan(q, k, v, eta=eta, alpha=alpha, spec=spec, initial_state=initial_state, chunk_size=chunk_size,
-                          backend="triton")
