@@ -24,6 +24,7 @@ from .checks import check_int
 from .dispatch import BACKENDS, CHUNK_RULES, default_chunk_size
 from .gates import default_eta_max
 from .presets import resolve
+from .memory import branch_read, fittable_value
 from .scan import MemoryState, memory_scan, mlp_initial_state
 from .spec import MemorySpec
 
@@ -327,11 +328,11 @@ class MirasLayer(nn.Module):
         if initial_state is None and self.init_in is not None:
             initial_state = (self.init_in.to(x.dtype), self.init_out.to(x.dtype))
         o, state = memory_scan(
-            q, k, v, eta=eta, alpha=alpha, theta=theta, spec=self.spec,
+            q, k, fittable_value(self.spec.memory, k, v), eta=eta, alpha=alpha, theta=theta, spec=self.spec,
             initial_state=initial_state, chunk_size=self.chunk_size, backend=self.backend, delta=delta,
             chunk_rule=self.chunk_rule,
         )
-        o = self.norm(o).reshape(B, T, self.num_heads * self.head_dim)
+        o = self.norm(branch_read(self.spec.memory, q, o)).reshape(B, T, self.num_heads * self.head_dim)
         y = self.out_proj(o * F.silu(self.gate_proj(x)))
         if not return_state:
             return y

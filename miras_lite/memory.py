@@ -75,6 +75,21 @@ def backward(memory, cache, g, matmul_out_transposed=None):
     return (x, a), (dh, dz)
 
 
+def fittable_value(memory, k, v):
+    """The value a layer writes for the key k: v itself for a linear memory. The MLP memory's branch ends in a
+    LayerNorm without gain, so M(k) = k + LN(·) can only reach k plus a zero-mean vector of norm √D; its value
+    is k + LN(v), a target it can fit exactly (reading it back with `branch_read` gives LN(v))."""
+    if memory == "linear":
+        return v
+    return k + torch.nn.functional.layer_norm(v, v.shape[-1:], eps=LAYER_NORM_EPS)
+
+
+def branch_read(memory, q, o):
+    """What a layer reads from o = M(q): o for a linear memory, the branch M(q) − q of an MLP memory (its
+    residual path only returns the query)."""
+    return o if memory == "linear" else o - q
+
+
 def mlp_initial_state(heads, dim, expansion=4, dtype=torch.float32, device=None, seed=0):
     """Deterministic default MLP memory (W_in [H, D, E·D], W_out [H, E·D, D]), used when a scan gets none.
 

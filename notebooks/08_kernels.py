@@ -12,12 +12,17 @@ with app.setup(hide_code=True):
     import polars as pl
     import torch
 
+    import os
+
+    GPU = torch.cuda.is_available()
+    if not GPU:  # Triton compiles for a GPU; without one its interpreter runs the same kernels, set before they load
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
     import miras_lite as ml
-    from kernels import bench  # without CUDA, importing the package switches the Triton interpreter on
+    from benchmarks import kernels as bench
     from miras_lite.ui import quick_mode
 
     QUICK = quick_mode()
-    GPU = torch.cuda.is_available()
     DEVICE = "cuda" if GPU else "cpu"
 
 
@@ -31,9 +36,9 @@ def _():
 
     | scan | kernel | what stays on chip |
     |:---|:---|:---|
-    | exact, delta rule (`l2`, `gd`/`implicit`, retention `none`/`l2`) | `chunk_delta`: UT transform per chunk | one chunk's $K$, $V$ and the state $W$ |
-    | exact, any other linear spec | `fused_recurrent`: one token at a time | the state $A$ (and momentum $S$) |
-    | mini-batch `chunk_size=C` (`dot`, `l2`, `lp`, `huber`) | `chunk_minibatch`: the dual form with `tl.dot` | the state and one chunk |
+    | exact, delta rule (`l2`, `gd`/`implicit`, retention `none`/`l2`) | `delta_rule`: UT transform per chunk | one chunk's $K$, $V$ and the state $W$ |
+    | exact, any other linear spec | `recurrent`: one token at a time | the state $A$ (and momentum $S$) |
+    | mini-batch `chunk_size=C` (`dot`, `l2`, `lp`, `huber`) | `minibatch`: the dual form with `tl.dot` | the state and one chunk |
 
     **What you will learn:** that a kernel is only worth its speed if it computes *the same function*:
     here you run a kernel and the torch reference side by side, compare outputs **and gradients**, and
@@ -145,7 +150,7 @@ def _():
 
     ## Throughput
 
-    The benchmark `python -m kernels.bench` times every method forward and forward+backward. On a GPU it
+    The benchmark `python -m benchmarks.kernels` times every method forward and forward+backward. On a GPU it
     runs $T \in \{1\text{k}, 4\text{k}, 16\text{k}\}$, $D \in \{64, 128\}$ in bf16; on a CPU only the torch
     rows are timed, with one interpreted run per kernel to show it works (its time is not a speed).
     """)
