@@ -1,10 +1,15 @@
-"""`python -m benchmarks.mqar`: MirasLM on MQAR (V=8192, L=256, 16 pairs), time to a held-out accuracy.
+"""`python -m benchmarks.mqar speed|playground|recipes`: the presets on MQAR, next to gated_deltanet.
 
-Each recipe is a `RunConfig` with a time budget: a curriculum trains first on short, easy MQAR (L=64,
-4 pairs: 4x cheaper steps, on which the recall circuit forms) and then on the target task, at a given
-step or as soon as the mean training loss of 20 steps is below a threshold. Held-out evaluations are on
-the target task only. The table reports the wall-clock time to the first evaluation at or above the
-target accuracy, next to the recipe's budget, and the accuracy on a second, larger held-out set.
+    speed       training tokens/s of MirasLM(8192, d_model=64, 2 layers, 2 heads, spec=NAME) on MQAR (L=256,
+                16 pairs, batch 32, one thread), fit steps after warm-up, every preset and attention; the
+                ratio to gated_deltanet measured in the same run (target >= 0.5 for the Miras/Titans presets)
+    playground  every preset at its recommended settings (`Preset.recommended`) on the playground's default
+                MQAR (V=64, L=32, 4 pairs): time to a held-out accuracy of 0.9 (target: within 90 s on 2 cores)
+    recipes     MirasLM on MQAR (V=8192, L=256, 16 pairs): time to 0.9 / 0.99 held-out accuracy per recipe
+
+A recipe is a `RunConfig` with a time budget: a curriculum trains first on short, easy MQAR (L=64, 4 pairs:
+cheaper steps, on which the recall circuit forms) and then on the target task, at a given step or as soon
+as the mean training loss of 20 steps is below a threshold. Held-out evaluations are on the target task.
 """
 
 import argparse
@@ -12,21 +17,98 @@ import sys
 import time
 
 import polars as pl
+import torch
 
+import miras_lite as ml
 from miras_lite.config import FitConfig, MirasLMConfig, MQARConfig, RunConfig
 from miras_lite.tasks.mqar import MQAR
 
 from .common import machine_line, print_table
 
+FLAGSHIPS = ("titans", "moneta", "yaad", "memora")
+
+
+# ---------------------------------------------------------------------------------------------- speed
+
+
+def training_speed(name, steps, task):
+    """Median training tokens/s of fit's steps after the first two (warm-up), one thread."""
+    mixer = "attention" if name == "attention" else "miras"
+    run = RunConfig(task=task, model=MirasLMConfig(d_model=64, n_layers=2, num_heads=2, mixer=mixer),
+                    spec="gated_deltanet" if name == "attention" else name,
+                    fit=FitConfig(steps=steps, batch_size=32, eval_every=0), threads=1)
+    _, metrics = run.train()
+    return float(metrics["tokens_per_s"][2:].median())
+
+
+def speed(args):
+    task = MQARConfig(vocab_size=8192, seq_len=256, num_kv_pairs=16, train_examples=32 * args.steps, test_examples=1)
+    if args.quick:
+        task = MQARConfig(vocab_size=64, seq_len=32, num_kv_pairs=4, train_examples=32 * args.steps, test_examples=1)
+    names = ["attention", *ml.PRESETS]
+    print(f"# training tokens/s, MirasLM(8192, d_model=64, 2 layers, 2 heads) on MQAR L=256, 16 pairs, batch 32, one "
+          f"thread; median of {args.steps - 2} fit steps after 2 of warm-up; {machine_line()}", flush=True)
+    rows = [{"model": name, "tokens_per_s": training_speed(name, args.steps, task)} for name in names]
+    baseline = next(r["tokens_per_s"] for r in rows if r["model"] == "gated_deltanet")
+    for row in rows:
+        row["vs_gated_deltanet"] = row["tokens_per_s"] / baseline
+        memory = ml.preset(row["model"]).memory if row["model"] in ml.PRESETS else "-"
+        row["target"] = 0.5 if memory == "mlp" else None
+        row["met"] = None if row["target"] is None else row["vs_gated_deltanet"] >= row["target"]
+    _report(rows, args.out)
+
+
+# ----------------------------------------------------------------------------------------- playground
+
+PLAYGROUND_TASK = MQARConfig(vocab_size=64, seq_len=32, num_kv_pairs=4, train_examples=4096, test_examples=256)
+
+
+def playground_run(name):
+    """A preset at its recommended settings on the playground's default task, as the playground trains it."""
+    recommended = ml.named_preset(name).recommended
+    return RunConfig(task=PLAYGROUND_TASK, spec=name,
+                     model=MirasLMConfig(d_model=64, n_layers=2, num_heads=1, chunk_size=recommended.chunk_size,
+                                         eta_max=recommended.eta_max),
+                     fit=FitConfig(steps=recommended.steps, batch_size=16, lr=recommended.lr,
+                                   warmup=min(50, recommended.steps // 10), eval_every=max(1, recommended.steps // 20)))
+
+
+def playground(args):
+    names = args.presets or list(ml.PRESETS)
+    print(f"# every preset at its recommended settings on MQAR V=64, L=32, 4 pairs (MirasLM d_model=64, 2 layers, 1 "
+          f"head, batch 16); time to 0.9 held-out accuracy, budget {args.budget:.0f} s; {machine_line()}", flush=True)
+    rows = []
+    for name in names:
+        run = playground_run(name)
+        run = run.replace(fit=run.fit.replace(max_time=args.budget, target=0.9), threads=args.threads)
+        _, metrics = run.train()
+        rows.append(_time_to(name, metrics, 0.9, args.budget))
+        print(f"# {name}: {rows[-1]}", file=sys.stderr, flush=True)
+    _report(rows, args.out)
+
+
+def _time_to(name, metrics, target, budget):
+    evals = metrics.filter(pl.col("eval_accuracy").is_not_null()) if "eval_accuracy" in metrics.columns else None
+    hit = evals.filter(pl.col("eval_accuracy") >= target) if evals is not None else None
+    first = hit.row(0, named=True) if hit is not None and hit.height else None
+    best = None if evals is None or evals.height == 0 else float(evals["eval_accuracy"].max())
+    return {"model": name, f"time_to_{target}_s": first and first["time_s"],
+            "steps": (first or metrics.row(-1, named=True))["step"], "best_acc": best, "budget_s": budget,
+            "met": bool(first and first["time_s"] <= budget)}
+
+
+# -------------------------------------------------------------------------------------------- recipes
+
 TARGET_TASK = MQARConfig(vocab_size=8192, seq_len=256, num_kv_pairs=16, train_examples=40_000, test_examples=256)
 WARMUP_STAGE = {"seq_len": 64, "num_kv_pairs": 4}
 
 
-def _recipe(spec, switch, advance_below=None, num_heads=1, chunk_size="auto", eta_max=None, steps=1400):
+def _recipe(spec, switch, advance_below=None, num_heads=1, chunk_size="auto", eta_max=None, steps=1400, lr=1e-2,
+            target=0.99):
     return RunConfig(task=TARGET_TASK, spec=spec,
                      model=MirasLMConfig(d_model=64, n_layers=2, num_heads=num_heads, chunk_size=chunk_size,
                                          eta_max=eta_max),
-                     fit=FitConfig(steps=steps, batch_size=32, lr=1e-2, warmup=50, eval_every=50, target=0.99),
+                     fit=FitConfig(steps=steps, batch_size=32, lr=lr, warmup=50, eval_every=50, target=target),
                      curriculum=((0, WARMUP_STAGE), (switch, {})), advance_below=advance_below, threads=2)
 
 
@@ -34,6 +116,8 @@ def _recipe(spec, switch, advance_below=None, num_heads=1, chunk_size="auto", et
 RECIPES = {
     "gated_deltanet": (_recipe("gated_deltanet", switch=1000, advance_below=1.0, chunk_size=None), 180.0),
     "lp+lq": (_recipe({"bias": "lp", "retention": "lq"}, switch=600, chunk_size=8, eta_max=1.0, steps=1300), 300.0),
+    **{name: (_recipe(name, switch=1500, advance_below=1.0, chunk_size=16, eta_max=ml.named_preset(name).recommended.eta_max,
+                      steps=3000, target=0.9), 600.0) for name in FLAGSHIPS},
 }
 
 
@@ -49,17 +133,29 @@ def train_recipe(name, run, budget_s, final_examples):
     """Train one recipe within its budget -> a result row (plain numbers; None where not reached)."""
     run = run.replace(fit=run.fit.replace(max_time=budget_s))
     model, metrics = run.train()
-    evals = metrics.filter(pl.col("eval_accuracy").is_not_null()) if "eval_accuracy" in metrics.columns else None
-    hit = evals.filter(pl.col("eval_accuracy") >= run.fit.target) if evals is not None else None
-    first = hit.row(0, named=True) if hit is not None and hit.height else None
-    stop = first or metrics.row(-1, named=True)
+    row = _time_to(name, metrics, run.fit.target, budget_s)
     final = MQAR(run.task.vocab_size, run.task.seq_len, run.task.num_kv_pairs, train_examples=1,
                  test_examples=final_examples, seed=run.seed + 1).evaluate(model)
-    eval_s = 0.0 if evals is None else evals.filter(pl.col("step") <= stop["step"])["eval_s"].sum()
-    return {"spec": name, "budget_s": budget_s, f"time_to_{run.fit.target}_s": first and first["time_s"],
-            "cpu_s": stop["cpu_s"], "train_s": stop["time_s"] - eval_s, "steps": stop["step"],
-            "acc_at_stop": stop.get("eval_accuracy"), "final_acc": final["accuracy"],
-            "tokens_per_s": metrics["tokens_per_s"].median(), "met": bool(first and first["time_s"] <= budget_s)}
+    return {**row, "final_acc": final["accuracy"], "tokens_per_s": float(metrics["tokens_per_s"].median())}
+
+
+def recipes(args):
+    print(f"# MQAR V={TARGET_TASK.vocab_size} L={TARGET_TASK.seq_len} pairs={TARGET_TASK.num_kv_pairs}; {machine_line()}",
+          flush=True)
+    rows = []
+    for name in args.specs:
+        recipe, budget_s = RECIPES[name]
+        recipe = quick(recipe) if args.quick else recipe
+        print(f"# {name}: {recipe.to_dict()}, budget {budget_s:.0f}s", flush=True)
+        start = time.perf_counter()
+        rows.append(train_recipe(name, recipe, budget_s * args.budget_factor, args.final_examples))
+        print(f"# {name} done in {time.perf_counter() - start:.0f}s: {rows[-1]}", file=sys.stderr, flush=True)
+    _report(rows, args.out)
+    print(f"# time_to_*: wall clock from the first step to the first held-out evaluation at or above the target ('-': "
+          f"not reached within the budget); final_acc: {args.final_examples} other held-out examples.")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
 
 
 def _cell(value):
@@ -67,42 +163,47 @@ def _cell(value):
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return f"{value:.4f}" if isinstance(value, float) and value <= 1 else f"{value:.1f}" if isinstance(value, float) else value
+    if isinstance(value, float):
+        return f"{value:.3f}" if value < 10 else f"{value:,.0f}"
+    return value
 
 
-def run(args):
-    recipes = {name: RECIPES[name] for name in args.specs}
-    print(f"# MQAR V={TARGET_TASK.vocab_size} L={TARGET_TASK.seq_len} pairs={TARGET_TASK.num_kv_pairs}; {machine_line()}",
-          flush=True)
-    rows = []
-    for name, (recipe, budget_s) in recipes.items():
-        recipe = quick(recipe) if args.quick else recipe
-        print(f"# {name}: {recipe.to_dict()}, budget {budget_s:.0f}s", flush=True)
-        start = time.perf_counter()
-        rows.append(train_recipe(name, recipe, budget_s * args.budget_factor, args.final_examples))
-        print(f"# {name} done in {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+def _report(rows, out):
     frame = pl.DataFrame(rows)
     print_table(frame.columns, [[_cell(v) for v in row.values()] for row in rows])
-    print("# time_to_*: wall clock from the first step to the first held-out evaluation at or above the target "
-          "('-': not reached within the budget); train_s: the same without the evaluations; final_acc: "
-          f"{args.final_examples} other held-out examples; tokens_per_s: median training throughput.")
-    if args.out:
-        frame.write_parquet(args.out)
+    if out:
+        frame.write_parquet(out)
     return frame
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m benchmarks.mqar", description=__doc__.split("\n\n")[0])
-    p.add_argument("--specs", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="recipes to run")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.mqar", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    p = sub.add_parser("speed", help="training tokens/s of every preset, next to gated_deltanet")
+    p.add_argument("--steps", type=int, default=8, help="fit steps per model (the first 2 are warm-up)")
+    p.add_argument("--quick", action="store_true", help="MQAR V=64, L=32, 4 pairs instead (a smoke test)")
+    p.set_defaults(run=speed)
+    p = sub.add_parser("playground", help="every preset at its recommended settings on the playground's MQAR")
+    p.add_argument("--presets", nargs="+", choices=list(ml.PRESETS), help="default: all")
+    p.add_argument("--budget", type=float, default=90.0, help="seconds per preset (default 90)")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(run=playground)
+    p = sub.add_parser("recipes", help="time to accuracy on MQAR V=8192, L=256, 16 pairs")
+    p.add_argument("--specs", nargs="+", default=["gated_deltanet", *FLAGSHIPS], choices=list(RECIPES))
     p.add_argument("--budget-factor", type=float, default=1.0, help="stop each recipe at factor × its budget")
     p.add_argument("--final-examples", type=int, default=2000, help="held-out examples scored at the end")
     p.add_argument("--quick", action="store_true", help="tiny versions of the recipes (a smoke test)")
-    p.add_argument("--out", help="write the results here (parquet)")
-    return p
+    p.set_defaults(run=recipes)
+    for p in sub.choices.values():
+        p.add_argument("--out", help="write the results here (parquet)")
+    return parser
 
 
 def main(argv=None):
-    run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if torch.get_num_threads() > 2:
+        torch.set_num_threads(2)
+    args.run(args)
     return 0
 
 

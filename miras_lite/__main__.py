@@ -31,7 +31,7 @@ import torch
 from . import checkpoint
 from .config import (MODEL_CONFIGS, TASK_CONFIGS, ARMTConfig, BabiLongConfig, FitConfig, LMConfig, MirasLMConfig,
                      MQARConfig, RunConfig)
-from .presets import PRESETS
+from .presets import PRESETS, named_preset
 from .reports.command import add_report_parser
 from .spec import MemorySpec
 from .sweeps.cli import add_parser as add_sweep_parser
@@ -104,19 +104,31 @@ FIT_OPTIONS = ("steps", "batch_size", "lr", "weight_decay", "warmup", "clip", "e
 
 
 def _given(args, options):
-    return {field: getattr(args, option) for option, field in options.items() if getattr(args, option) is not None}
+    """The options given on the command line (the train parser leaves the others out of args)."""
+    return {field: getattr(args, option) for option, field in options.items() if option in vars(args)}
+
+
+def _recommended(args):
+    """The preset's recommended settings (`Preset.recommended`) as defaults of the model and fit options: a MirasLM
+    with a preset (not --spec)."""
+    if args.spec or args.model != "miras_lm":
+        return {}, {}
+    recommended = named_preset(args.preset).recommended
+    return ({"chunk_size": recommended.chunk_size, "eta_max": recommended.eta_max},
+            {"lr": recommended.lr, "steps": recommended.steps})
 
 
 def run_config(args):
-    """The `RunConfig` the ``train`` options describe."""
+    """The `RunConfig` the ``train`` options describe (a preset's recommended settings where none are given)."""
     task = _given(args, TASK_OPTIONS[args.task])
     if isinstance(task.get("num_kv_pairs"), list):
         task["num_kv_pairs"] = tuple(task["num_kv_pairs"])
+    model, fit = _recommended(args)
     return RunConfig(
         task={"name": args.task, **task},
-        model={"name": args.model, **_given(args, MODEL_OPTIONS[args.model])},
+        model={"name": args.model, **model, **_given(args, MODEL_OPTIONS[args.model])},
         spec=dataclasses.asdict(parse_spec(args.spec)) if args.spec else args.preset,
-        fit={name: getattr(args, name) for name in FIT_OPTIONS if getattr(args, name) is not None},
+        fit={**fit, **_given(args, {name: name for name in FIT_OPTIONS})},
         seed=args.seed, curriculum=parse_curriculum(args.curriculum) if args.curriculum else (),
         advance_below=args.advance_below, threads=args.threads)
 
@@ -252,15 +264,18 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
 
     p = sub.add_parser("train", help="train a MirasLM on a task", description="Train a MirasLM on a task "
-                       "(fit: AdamW, warmup + cosine, clipping) and save checkpoint.pt, metrics.parquet, run.json.")
+                       "(fit: AdamW, warmup + cosine, clipping) and save checkpoint.pt, metrics.parquet, run.json.",
+                       argument_default=argparse.SUPPRESS)  # options not given keep the run configuration's defaults
     p.add_argument("--task", choices=tuple(TASK_CONFIGS), default="mqar")
     p.add_argument("--model", choices=tuple(MODEL_CONFIGS), default="miras_lm")
-    p.add_argument("--out", help="run directory (default runs/<task>-<model>-<time>)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<task>-<model>-<time>)")
     miras, armt, mqar, babi, lm, fit = (MirasLMConfig(), ARMTConfig(), MQARConfig(), BabiLongConfig(), LMConfig(),
                                         FitConfig())
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="gated_deltanet", choices=sorted(PRESETS), help="memory preset (default gated_deltanet)")
-    g.add_argument("--spec", help="a MemorySpec as field=value pairs, e.g. bias=lp,retention=lq (overrides --preset)")
+    g.add_argument("--preset", default="gated_deltanet", choices=sorted(PRESETS), help="memory preset (default "
+                   "gated_deltanet); its recommended chunk size, eta_max, lr and steps are the defaults of those options")
+    g.add_argument("--spec", default=None, help="a MemorySpec as field=value pairs, e.g. bias=lp,retention=lq "
+                   "(overrides --preset)")
     g.add_argument("--mixer", choices=("miras", "attention", "sliding", "hybrid"), help=f"default {miras.mixer}")
     g.add_argument("--d-model", type=int, help=f"default {miras.d_model}")
     g.add_argument("--layers", type=int, help=f"default {miras.n_layers}")
@@ -303,7 +318,7 @@ def build_parser():
     g.add_argument("--max-time", type=float, help="stop after this many seconds")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--quiet", action="store_true", default=False, help="no progress bar")
     p.set_defaults(handler=run_train)
 
     p = sub.add_parser("eval", help="evaluate a trained run", description="Load RUN/checkpoint.pt and print "

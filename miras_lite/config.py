@@ -178,14 +178,15 @@ TASK_CONFIGS = {c.name: c for c in (MQARConfig(), BabiLongConfig(), LMConfig())}
 
 @dataclass(frozen=True)
 class MirasLMConfig(_Config):
-    """`MirasLM` without its vocabulary (the task's) and spec (the run's); ``eta_max`` and ``conv_size`` go to
-    every `MirasLayer` (None / 4: the layer's defaults)."""
+    """`MirasLM` without its vocabulary (the task's) and spec (the run's); ``chunk_rule``, ``eta_max`` and
+    ``conv_size`` go to every `MirasLayer` (None for eta_max: the layer's default)."""
 
     d_model: int = 64
     n_layers: int = 2
     num_heads: int = 2
     mixer: str = "miras"
     chunk_size: int | str | None = "auto"
+    chunk_rule: str = "boundary"
     window: int = 64
     eta_max: float | None = None
     conv_size: int = 4
@@ -194,7 +195,9 @@ class MirasLMConfig(_Config):
     def build(self, vocab_size, spec):
         from .models import MirasLM
 
-        layer = {"conv_size": self.conv_size} | ({} if self.eta_max is None else {"eta_max": self.eta_max})
+        layer = {"conv_size": self.conv_size, "chunk_rule": self.chunk_rule}
+        if self.eta_max is not None:
+            layer["eta_max"] = self.eta_max
         return MirasLM(vocab_size, self.d_model, self.n_layers, self.num_heads, mixer=self.mixer, spec=spec,
                        chunk_size=self.chunk_size, window=self.window, miras_kwargs=layer)
 

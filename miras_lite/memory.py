@@ -41,12 +41,6 @@ def outer(x, d):
     return x.unsqueeze(-1) * d.unsqueeze(-2)
 
 
-def _gelu_derivative(h):
-    cdf = 0.5 * (1.0 + torch.erf(h / math.sqrt(2.0)))
-    pdf = torch.exp(-0.5 * h.square()) / math.sqrt(2.0 * math.pi)
-    return cdf + h * pdf
-
-
 def forward(memory, x, matmuls):
     """Prediction M(x) and the cache `backward` needs; `matmuls[j](u)` computes u·W_j."""
     if memory == "linear":
@@ -56,10 +50,9 @@ def forward(memory, x, matmuls):
     h = matmul_in(x)
     a = torch.nn.functional.gelu(h)
     z = matmul_out(a)
-    centred = z - z.mean(-1, keepdim=True)
-    inv_std = torch.rsqrt(centred.square().mean(-1, keepdim=True) + LAYER_NORM_EPS)
-    normed = centred * inv_std
-    return x + normed, (x, h, a, normed, inv_std)
+    # one fused LayerNorm (forward and backward kernels) that also returns what its backward needs
+    normed, mean, inv_std = torch.native_layer_norm(z, z.shape[-1:], None, None, LAYER_NORM_EPS)
+    return x + normed, (x, h, a, z, mean, inv_std)
 
 
 def backward(memory, cache, g, matmul_out_transposed=None):
@@ -69,9 +62,11 @@ def backward(memory, cache, g, matmul_out_transposed=None):
     """
     if memory == "linear":
         return cache, (g,)
-    x, h, a, normed, inv_std = cache
-    dz = inv_std * (g - g.mean(-1, keepdim=True) - normed * (g * normed).mean(-1, keepdim=True))
-    dh = matmul_out_transposed(dz) * _gelu_derivative(h)
+    x, h, a, z, mean, inv_std = cache
+    # dz = (1/σ)(g − mean(g) − n·mean(g ⊙ n)) with n the normalised z; dh = (dz W_outᵀ) ⊙ GELU'(h)
+    dz = torch.ops.aten.native_layer_norm_backward(g, z, z.shape[-1:], mean, inv_std, None, None,
+                                                    [True, False, False])[0]
+    dh = torch.ops.aten.gelu_backward(matmul_out_transposed(dz), h)
     return (x, a), (dh, dz)
 
 

@@ -17,14 +17,29 @@ ALPHA_MODES = ("data", "constant")
 
 
 @dataclass(frozen=True)
+class Recommended:
+    """Settings that train a preset: the layer's chunk size and inner-rate bound η_max, the outer learning rate
+    and the number of steps. Chosen on the playground's default task (MQAR with V=64, L=32, 4 pairs; MirasLM
+    d_model=64, 2 layers, 1 head, batch 16); `python -m benchmarks.mqar playground` measures how far each
+    preset gets with them (moneta, yaad and memora do not reach 0.9 there yet: the README says how far)."""
+
+    chunk_size: int | str | None = "auto"
+    eta_max: float | None = None
+    lr: float = 1e-2
+    steps: int = 400
+
+
+@dataclass(frozen=True)
 class Preset:
-    """A named model: its memory `spec`, the update it amounts to (`rule`, plain text) and the layer choices
-    the name implies (`alpha_mode`: "data", α_t from the token, or "constant", one learned α per head)."""
+    """A named model: its memory `spec`, the update it amounts to (`rule`, plain text), the layer choices
+    the name implies (`alpha_mode`: "data", α_t from the token, or "constant", one learned α per head) and
+    the settings that train it (`recommended`)."""
 
     name: str
     spec: MemorySpec
     rule: str
     alpha_mode: str = "data"
+    recommended: Recommended = Recommended()
 
     def __post_init__(self):
         if self.alpha_mode not in ALPHA_MODES:
@@ -36,28 +51,40 @@ class Preset:
 
 
 _NAMED = (
-    Preset("linear_attention", MemorySpec(bias="dot", retention="none"), "W_t = W_{t-1} + η_t k_t v_tᵀ"),
+    Preset("linear_attention", MemorySpec(bias="dot", retention="none"), "W_t = W_{t-1} + η_t k_t v_tᵀ",
+           recommended=Recommended(lr=3e-3, steps=400)),
     Preset("retnet", MemorySpec(bias="dot", retention="l2"), "W_t = α W_{t-1} + η_t k_t v_tᵀ, one constant α per head",
-           alpha_mode="constant"),
-    Preset("mamba2", MemorySpec(bias="dot", retention="l2"), "W_t = α_t W_{t-1} + η_t k_t v_tᵀ, α_t from the token"),
+           alpha_mode="constant",
+           recommended=Recommended(steps=600)),
+    Preset("mamba2", MemorySpec(bias="dot", retention="l2"), "W_t = α_t W_{t-1} + η_t k_t v_tᵀ, α_t from the token",
+           recommended=Recommended(lr=3e-3, steps=500)),
     Preset("deltanet", MemorySpec(bias="l2", retention="none", grad_at="retained"),
-           "W_t = (I - η_t k_t k_tᵀ) W_{t-1} + η_t k_t v_tᵀ"),
+           "W_t = (I - η_t k_t k_tᵀ) W_{t-1} + η_t k_t v_tᵀ",
+           recommended=Recommended(eta_max=0.25, steps=400)),
     Preset("gated_deltanet", MemorySpec(bias="l2", retention="l2", grad_at="retained"),
-           "W_t = α_t (I - η_t k_t k_tᵀ) W_{t-1} + η_t k_t v_tᵀ"),
+           "W_t = α_t (I - η_t k_t k_tᵀ) W_{t-1} + η_t k_t v_tᵀ",
+           recommended=Recommended(steps=500)),
     Preset("longhorn", MemorySpec(bias="l2", retention="none", optimizer="implicit"),
-           "W_t = W_{t-1} - ε_t k_t (k_tᵀ W_{t-1} - v_tᵀ), ε_t = η_t / (1 + η_t ‖k_t‖²)"),
-    Preset("ttt_linear", MemorySpec(bias="l2", retention="none"), "W_t = W_{t-1} - η_t k_t (k_tᵀ W_{t-1} - v_tᵀ)"),
-    Preset("ttt_mlp", MemorySpec(memory="mlp", bias="l2", retention="none"), "an MLP memory trained by gd on the l2 loss"),
+           "W_t = W_{t-1} - ε_t k_t (k_tᵀ W_{t-1} - v_tᵀ), ε_t = η_t / (1 + η_t ‖k_t‖²)",
+           recommended=Recommended(eta_max=0.5, lr=3e-3, steps=400)),
+    Preset("ttt_linear", MemorySpec(bias="l2", retention="none"), "W_t = W_{t-1} - η_t k_t (k_tᵀ W_{t-1} - v_tᵀ)",
+           recommended=Recommended(eta_max=0.25, steps=400)),
+    Preset("ttt_mlp", MemorySpec(memory="mlp", bias="l2", retention="none"), "an MLP memory trained by gd on the l2 loss",
+           recommended=Recommended(chunk_size=8, eta_max=0.3, steps=600)),
     Preset("titans", MemorySpec(memory="mlp", bias="l2", retention="l2", optimizer="momentum"),
-           "S_t = θ_t S_{t-1} - η_t ∇ℓ(W_{t-1}),  W_t = α_t W_{t-1} + S_t, an MLP memory"),
+           "S_t = θ_t S_{t-1} - η_t ∇ℓ(W_{t-1}),  W_t = α_t W_{t-1} + S_t, an MLP memory",
+           recommended=Recommended(chunk_size=8, eta_max=0.1, steps=600)),
     Preset("moneta", MemorySpec(memory="mlp", bias="lp", retention="lq", p=3.0, q=4.0),
-           "an MLP memory on the ℓ3 loss, read through the ℓ4-normalised accumulator"),
+           "an MLP memory on the ℓ3 loss, read through the ℓ4-normalised accumulator",
+           recommended=Recommended(chunk_size=8, eta_max=0.03, steps=800)),
     # Huber with an ℓ1 tail δ·e/√(e² + ε): ε = 1e-2 smooths sign(e), whose 1/√ε slope at e = 0 makes
     # gradients through time explode with the default ε = 1e-6.
     Preset("yaad", MemorySpec(memory="mlp", bias="huber", huber_mode="mixture", retention="l2", eps=1e-2),
-           "an MLP memory on a Huber loss (ℓ2 near 0, δ·ℓ1 beyond δ) with decay"),
+           "an MLP memory on a Huber loss (ℓ2 near 0, δ·ℓ1 beyond δ) with decay",
+           recommended=Recommended(chunk_size=8, eta_max=0.5, steps=800)),
     Preset("memora", MemorySpec(memory="mlp", bias="l2", retention="kl"),
-           "an MLP memory on the l2 loss whose weights are a softmax of the accumulator (KL retention)"),
+           "an MLP memory on the l2 loss whose weights are a softmax of the accumulator (KL retention)",
+           recommended=Recommended(chunk_size=8, eta_max=0.3, steps=800)),
 )
 NAMED_PRESETS = {p.name: p for p in _NAMED}
 PRESETS = {p.name: p.spec for p in _NAMED}

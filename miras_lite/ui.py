@@ -74,6 +74,19 @@ def chance_rule(chance, title="held-out accuracy"):
         y=accuracy_axis(title), tooltip=[alt.Tooltip("accuracy:Q", title="chance", format=".3f")])
 
 
+def block_average(matrix, cells):
+    """A [rows, columns] tensor averaged over blocks down to at most `cells` × `cells`, as a frame (row, column,
+    weight): a heat map that stays readable (and under Altair's row limit) for large weight matrices."""
+    import polars as pl
+    import torch
+
+    rows, cols = matrix.shape
+    pooled = torch.nn.functional.adaptive_avg_pool2d(matrix[None, None].float(), (min(rows, cells), min(cols, cells)))[0, 0]
+    r, c = pooled.shape
+    return pl.DataFrame({"row": [i for i in range(r) for _ in range(c)], "column": [j for _ in range(r) for j in range(c)],
+                         "weight": pooled.flatten().tolist()})
+
+
 def held_out_metric(metrics):
     """The held-out column of a run's metrics: accuracy (MQAR) or bits per token (language model)."""
     return "eval_accuracy" if "eval_accuracy" in metrics.columns else "eval_bits_per_token"

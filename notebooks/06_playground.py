@@ -14,9 +14,11 @@ with app.setup(hide_code=True):
 
     import miras_lite as ml
     from miras_lite.config import FitConfig, LMConfig, MirasLMConfig, MQARConfig, RunConfig
+    from miras_lite.presets import Recommended
     from miras_lite.tasks.mqar import MQAR, accuracy_by_distance, accuracy_by_pairs
-    from miras_lite.ui import (accuracy_axis, axis_dropdowns, chance_rule, chosen_spec, held_out_metric,
-                               learning_curves, legend_pick, quick_mode, start_thread, train_live)
+    from miras_lite.memory import branch_read, fittable_value
+    from miras_lite.ui import (accuracy_axis, axis_dropdowns, block_average, chance_rule, chosen_spec,
+                               held_out_metric, learning_curves, legend_pick, quick_mode, start_thread, train_live)
 
     TASKS = ("MQAR", "language model (characters)")
 
@@ -62,30 +64,42 @@ def _():
     d_model = mo.ui.slider(32, 128, step=32, value=64, label="d_model", show_value=True)
     layers = mo.ui.slider(1, 4, step=1, value=2, label="layers", show_value=True)
     heads = mo.ui.dropdown(options=["1", "2", "4"], value="1", label="heads")
-    steps = mo.ui.slider(50, 2000, step=50, value=400, label="steps", show_value=True)
-    lr = mo.ui.dropdown(options=["0.003", "0.01", "0.03"], value="0.01", label="learning rate")
     batch = mo.ui.slider(4, 64, step=4, value=16, label="batch", show_value=True)
     train_button = mo.ui.run_button(label="Train", kind="success")
     # A run trains in a background thread, so the kernel is free to handle this click while it runs.
     stop_requested = threading.Event()
     cancel_button = mo.ui.button(label="Cancel", kind="danger", on_change=lambda _: stop_requested.set())
     return (
-        batch, cancel_button, d_model, heads, layers, lr, pairs, preset_choice, seq_len, steps,
-        stop_requested, task_choice, train_button, vocab,
+        batch, cancel_button, d_model, heads, layers, pairs, preset_choice, seq_len, stop_requested, task_choice,
+        train_button, vocab,
     )
 
 
 @app.cell
 def _(preset_choice):
-    # Picking a preset resets the four axes to that model; change any axis to leave it.
+    # Picking a preset resets the four axes to that model (change any axis to leave it) and the training
+    # controls to the settings that train it (`Preset.recommended`).
     base, memory, bias, retention, optimizer, grad_at = axis_dropdowns(preset_choice.value)
-    return base, bias, grad_at, memory, optimizer, retention
+    recommended = ml.named_preset(preset_choice.value).recommended if preset_choice.value in ml.PRESETS else Recommended()
+    steps = mo.ui.slider(50, 2000, step=50, value=recommended.steps, label="steps", show_value=True)
+    _rates = sorted({0.003, 0.01, 0.03, recommended.lr})
+    lr = mo.ui.dropdown(options=[f"{r:g}" for r in _rates], value=f"{recommended.lr:g}", label="learning rate")
+    return base, bias, grad_at, lr, memory, optimizer, recommended, retention, steps
+
+
+@app.function
+def inner_loop_note(recommended, spec_name):
+    """One line on the inner loop the run will use (the preset's recommendation, or the layer's defaults)."""
+    chunk = {"auto": "the layer's default", None: "none (the exact recurrence)"}.get(recommended.chunk_size,
+                                                                                    recommended.chunk_size)
+    eta = "the layer's default" if recommended.eta_max is None else f"{recommended.eta_max:g}"
+    return f"_Inner loop of {spec_name}: chunk size {chunk}, η_max {eta}._"
 
 
 @app.cell(hide_code=True)
 def _(
     batch, bias, cancel_button, d_model, grad_at, heads, layers, lr, memory, optimizer, pairs,
-    preset_choice, retention, seq_len, steps, task_choice, train_button, vocab,
+    preset_choice, recommended, retention, seq_len, spec_name, steps, task_choice, train_button, vocab,
 ):
     mo.vstack(
         [
@@ -96,6 +110,7 @@ def _(
             mo.hstack([task_choice, vocab, seq_len, pairs], justify="start", wrap=True),
             mo.md("**Training**"),
             mo.hstack([steps, batch, lr], justify="start", wrap=True),
+            mo.md(inner_loop_note(recommended, spec_name)),
             mo.hstack([train_button, cancel_button], justify="start"),
         ]
     )
@@ -135,17 +150,19 @@ def _():
 
 
 @app.function
-def playground_run(config, spec, quick):
+def playground_run(config, spec, quick, recommended):
     """The `RunConfig` the controls describe: MQAR(V, L, D) or character-level language modelling with windows
-    of L, a MirasLM, AdamW with a short warmup and 20 evaluations."""
+    of L, a MirasLM with the recommended inner loop (chunk size, η_max), AdamW with a short warmup and 20
+    evaluations."""
     if config["task"] == "MQAR":
         task = MQARConfig(vocab_size=config["V"], seq_len=config["L"], num_kv_pairs=config["D"], train_examples=4096,
                           test_examples=64 if quick else 256)
     else:
         task = LMConfig(level="char", seq_len=config["L"])
     steps = config["steps"]
-    return RunConfig(task=task, model=MirasLMConfig(d_model=config["d_model"], n_layers=config["layers"],
-                                                    num_heads=config["heads"]),
+    model = MirasLMConfig(d_model=config["d_model"], n_layers=config["layers"], num_heads=config["heads"],
+                          chunk_size=recommended.chunk_size, eta_max=recommended.eta_max)
+    return RunConfig(task=task, model=model,
                      spec=spec if isinstance(spec, str) else dataclasses.asdict(spec),
                      fit=FitConfig(steps=steps, batch_size=config["batch"], lr=config["lr"],
                                    warmup=min(50, steps // 10), eval_every=max(1, steps // 20)))
@@ -153,7 +170,7 @@ def playground_run(config, spec, quick):
 
 @app.cell
 def _(
-    QUICK, batch, d_model, heads, layers, lr, model_spec, pairs, seq_len, set_runs, spec, spec_error,
+    QUICK, batch, d_model, heads, layers, lr, model_spec, pairs, recommended, seq_len, set_runs, spec, spec_error,
     spec_name, steps, stop_requested, task_choice, train_button, vocab,
 ):
     mo.stop(spec is None, mo.callout(mo.md(f"**Not a valid model:** {spec_error}"), kind="danger"))
@@ -165,7 +182,7 @@ def _(
         lr=float(lr.value),
     )
     try:
-        _run = playground_run(_config, model_spec, QUICK)
+        _run = playground_run(_config, model_spec, QUICK, recommended)
     except ValueError as _err:
         mo.stop(True, mo.callout(mo.md(f"**Cannot build this run:** {_err}"), kind="danger"))
 
@@ -402,9 +419,13 @@ def _():
     mo.md(r"""
     ## The memory filling up
 
-    Replaying one layer on the first $t$ tokens of the sequence gives its memory $W_t$ (one head;
-    for an MLP memory the first weight matrix $W_\text{in}$). Rows are key coordinates, columns value
-    coordinates. With the delta rule each write moves $W$ only along the key just seen.
+    Replaying one layer on the first $t$ tokens of the sequence gives its memory after $t$ writes (one
+    head). **What it recalls:** for every token written so far, the relative error of reading the memory
+    back with that token's key, $\|M_t(k_i) - v_i\| / \|v_i\|$ (for an MLP memory, of its branch
+    $M(k) - k$ against the standardised value it wrote): low where the memory still holds the pair.
+    **What it holds:** its weights as a heat map, rows the input coordinates, columns the output ones
+    ($W$ for a linear memory, the first matrix $W_\text{in}$ for an MLP, averaged over blocks when large).
+    With the delta rule each write moves $W$ only along the key just seen.
     """)
     return
 
@@ -420,20 +441,21 @@ def _(mixer_inputs, run):
 
 @app.function
 @torch.no_grad()
-def memory_snapshots(layer, x, head, cuts):
-    """The memory of `layer` (a MirasLayer) after the first t tokens of its input x [1, T, d], t in `cuts`,
-    for one head -> long polars frame (t, key, value, weight). MLP memory: its first matrix W_in."""
-    frames = []
-    for t in cuts:
-        _, state = layer(x[:, :t], return_state=True)
-        W = state.W if isinstance(state.W, torch.Tensor) else state.W[0]
-        M = W[0, head]
-        rows, cols = M.shape
-        frames.append(pl.DataFrame({
-            "t": [f"t = {t}"] * (rows * cols), "key": [r for r in range(rows) for _ in range(cols)],
-            "value": [c for _ in range(rows) for c in range(cols)], "weight": M.flatten().tolist(),
-        }))
-    return pl.concat(frames)
+def memory_after(layer, x, head, t):
+    """(recall errors, weights) of `layer`'s memory after the first t tokens of its input x [1, T, d], one head:
+    a frame (t, position, error) over the tokens written so far, and a frame (t, row, column, weight) of its
+    first weight matrix, averaged over blocks down to at most 32 × 32 cells."""
+    _, state = layer(x[:, :t], return_state=True)
+    q, k, v, _ = layer.qkv(x[:, :t])
+    spec = layer.spec
+    target = fittable_value(spec.memory, k, v)[0, :, head]  # [t, D]: what each token wrote
+    W = tuple(w[:1, head:head + 1] for w in (state.W if isinstance(state.W, tuple) else (state.W,)))
+    keys = k[:, :, head:head + 1]
+    read = ml.read_memory(spec, W if spec.memory == "mlp" else W[0], keys)[0, :, 0]  # [t, D]
+    branch, wanted = branch_read(spec.memory, keys[0, :, 0], read), branch_read(spec.memory, keys[0, :, 0], target)
+    error = (branch - wanted).norm(dim=-1) / wanted.norm(dim=-1).clamp_min(1e-6)
+    errors = pl.DataFrame({"t": f"t = {t}", "position": list(range(t)), "error": error.tolist()})
+    return errors, block_average(W[0][0, 0], 32).with_columns(pl.lit(f"t = {t}").alias("t"))
 
 
 @app.cell(hide_code=True)
@@ -443,17 +465,29 @@ def _(is_mqar, mixer_inputs, run, snapshot_head, snapshot_layer):
     _T = _x.shape[1]
     _end_of_context = 2 * run["config"]["D"] if is_mqar else _T // 4
     _cuts = sorted({max(1, _end_of_context // 2), _end_of_context, _T})
-    _snaps = memory_snapshots(run["model"].blocks[_i].mixer, _x, int(snapshot_head.value), _cuts)
+    try:
+        _parts = [memory_after(run["model"].blocks[_i].mixer, _x, int(snapshot_head.value), _t) for _t in _cuts]
+    except Exception as _error:  # shown in the page: marimo's app mode would hide a raised error
+        mo.stop(True, mo.callout(mo.md(f"**Could not replay the memory:** `{_error!r}`"), kind="danger"))
+    _order = [f"t = {t}" for t in _cuts]
+    _errors = pl.concat([p[0] for p in _parts])
+    _weights = pl.concat([p[1] for p in _parts])
+    _recall = alt.Chart(_errors).mark_line(point=True).encode(
+        x=alt.X("position:Q", title="position i of the written token"),
+        y=alt.Y("error:Q", title="relative recall error", scale=alt.Scale(domain=[0, 1.5], clamp=True)),
+        color=alt.Color("t:N", sort=_order, title="memory after"),
+        tooltip=["t:N", "position:Q", alt.Tooltip("error:Q", format=".3f")],
+    ).properties(width=560, height=180, title="what the memory recalls of each token written so far")
     # a few large entries would wash out the rest: the colour scale ends at the 98th percentile of |W|
-    _limit = max(float(_snaps["weight"].abs().quantile(0.98)), 1e-6)
-    alt.Chart(_snaps).mark_rect().encode(
-        x=alt.X("value:O", axis=None), y=alt.Y("key:O", axis=None),
+    _limit = max(float(_weights["weight"].abs().quantile(0.98)), 1e-6)
+    _held = alt.Chart(_weights).mark_rect().encode(
+        x=alt.X("column:O", axis=None), y=alt.Y("row:O", axis=None),
         color=alt.Color("weight:Q", scale=alt.Scale(scheme="redblue", domain=[-_limit, _limit], reverse=True,
                                                     clamp=True)),
-        tooltip=["t:N", "key:O", "value:O", alt.Tooltip("weight:Q", format=".3f")],
-    ).properties(width=180, height=180).facet(
-        column=alt.Column("t:N", sort=[f"t = {t}" for t in _cuts], title=None)
-    ).properties(title=f"layer {_i}: memory after the first t tokens" + (" (2D ends the context)" if is_mqar else ""))
+        tooltip=["t:N", "row:O", "column:O", alt.Tooltip("weight:Q", format=".3f")],
+    ).properties(width=180, height=180).facet(column=alt.Column("t:N", sort=_order, title=None))
+    alt.vconcat(_recall, _held).properties(
+        title=f"layer {_i}: the memory after the first t tokens" + (" (2D ends the context)" if is_mqar else ""))
     return
 
 

@@ -214,6 +214,14 @@ def _assemble_history(hist, B, H):
     )
 
 
+def _prepare(q, v, eta, alpha, theta, delta, spec, initial_state):
+    """Shapes, per-token rates as [B, T, H] and the initial-state accessors every reference scan starts from."""
+    B, T, H, Dk = q.shape
+    rates = (_rates(eta, B, T, H, q), _rates(alpha, B, T, H, q),
+             _rates(theta, B, T, H, q) if spec.optimizer == "momentum" else None, _rates(delta, B, T, H, q))
+    return (B, T, H, *rates, *_initial(initial_state, spec, B, H, Dk, v.shape[-1], q))
+
+
 def _finish(spec, o, As, Ss, Ws, hist, B, H, return_history):
     A, S, W = _assemble(As, B, H), _assemble(Ss, B, H), _assemble(Ws, B, H)
     if spec.memory == "linear":
@@ -231,19 +239,9 @@ def _finish(spec, o, As, Ss, Ws, hist, B, H, return_history):
 
 
 def reference_scan(q, k, v, eta, alpha, theta, spec, initial_state=None, return_history=False, delta=None):
-    B, T, H, Dk = q.shape
-    delta = _rates(delta, B, T, H, q)
-    Dv = v.shape[-1]
-    eta = _rates(eta, B, T, H, q)
-    alpha = _rates(alpha, B, T, H, q)
-    theta = _rates(theta, B, T, H, q) if spec.optimizer == "momentum" else None
-    A_of, S_of = _initial(initial_state, spec, B, H, Dk, Dv, q)
+    B, T, H, eta, alpha, theta, delta, A_of, S_of = _prepare(q, v, eta, alpha, theta, delta, spec, initial_state)
 
-    o_rows = [[None] * H for _ in range(B)]
-    As = [[None] * H for _ in range(B)]
-    Ss = [[None] * H for _ in range(B)]
-    Ws = [[None] * H for _ in range(B)]
-    hist = [[None] * H for _ in range(B)]
+    o_rows, As, Ss, Ws, hist = ([[None] * H for _ in range(B)] for _ in range(5))
     for b in range(B):
         for h in range(H):
             A, S = A_of(b, h), S_of(b, h)
@@ -279,20 +277,10 @@ def reference_scan(q, k, v, eta, alpha, theta, spec, initial_state=None, return_
 def reference_minibatch_scan(q, k, v, eta, alpha, theta, spec, initial_state=None, chunk_size=1,
                              return_history=False, delta=None):
     assert isinstance(chunk_size, int) and chunk_size >= 1
-    B, T, H, Dk = q.shape
-    delta = _rates(delta, B, T, H, q)
-    Dv = v.shape[-1]
-    eta = _rates(eta, B, T, H, q)
-    alpha = _rates(alpha, B, T, H, q)
-    theta = _rates(theta, B, T, H, q) if spec.optimizer == "momentum" else None
-    A_of, S_of = _initial(initial_state, spec, B, H, Dk, Dv, q)
+    B, T, H, eta, alpha, theta, delta, A_of, S_of = _prepare(q, v, eta, alpha, theta, delta, spec, initial_state)
     C = chunk_size
 
-    o_rows = [[None] * H for _ in range(B)]
-    As = [[None] * H for _ in range(B)]
-    Ss = [[None] * H for _ in range(B)]
-    Ws = [[None] * H for _ in range(B)]
-    hist = [[None] * H for _ in range(B)]
+    o_rows, As, Ss, Ws, hist = ([[None] * H for _ in range(B)] for _ in range(5))
     for b in range(B):
         for h in range(H):
             A, S = A_of(b, h), S_of(b, h)  # state at chunk boundaries
@@ -426,19 +414,9 @@ def reference_boundary_scan(q, k, v, eta, alpha, theta, spec, initial_state=None
     if spec.retention not in ("lq", "kl"):
         return reference_minibatch_scan(q, k, v, eta, alpha, theta, spec, initial_state, chunk_size, return_history,
                                         delta)
-    B, T, H, Dk = q.shape
-    delta = _rates(delta, B, T, H, q)
-    Dv = v.shape[-1]
-    eta = _rates(eta, B, T, H, q)
-    alpha = _rates(alpha, B, T, H, q)
-    theta = _rates(theta, B, T, H, q) if spec.optimizer == "momentum" else None
-    A_of, S_of = _initial(initial_state, spec, B, H, Dk, Dv, q)
+    B, T, H, eta, alpha, theta, delta, A_of, S_of = _prepare(q, v, eta, alpha, theta, delta, spec, initial_state)
     C = chunk_size
-    o_rows = [[None] * H for _ in range(B)]
-    As = [[None] * H for _ in range(B)]
-    Ss = [[None] * H for _ in range(B)]
-    Ws = [[None] * H for _ in range(B)]
-    hist = [[None] * H for _ in range(B)]
+    o_rows, As, Ss, Ws, hist = ([[None] * H for _ in range(B)] for _ in range(5))
     for b in range(B):
         for h in range(H):
             A, S = A_of(b, h), S_of(b, h)

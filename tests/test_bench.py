@@ -36,14 +36,32 @@ def test_benchmarks_refuse_bad_options():
     assert result.returncode == 2 and "--repeats must be >= 1" in result.stderr
 
 
-def test_mqar_benchmark_trains_each_recipe(tmp_path):
+def test_mqar_recipes_train_each_recipe(tmp_path):
     out = tmp_path / "mqar.parquet"
-    _run("-m", "benchmarks.mqar", "--quick", "--final-examples", "16", "--specs", "gated_deltanet", "lp+lq",
+    _run("-m", "benchmarks.mqar", "recipes", "--quick", "--final-examples", "16", "--specs", "gated_deltanet", "lp+lq",
          "--out", str(out))
     frame = pl.read_parquet(out)
-    assert frame["spec"].to_list() == ["gated_deltanet", "lp+lq"] and frame["budget_s"].to_list() == [180.0, 300.0]
+    assert frame["model"].to_list() == ["gated_deltanet", "lp+lq"] and frame["budget_s"].to_list() == [180.0, 300.0]
     assert frame["final_acc"].is_between(0, 1).all() and (frame["steps"] >= 1).all()
     assert frame["met"].dtype == pl.Boolean
+
+
+def test_mqar_speed_measures_every_preset_against_gated_deltanet(tmp_path):
+    out = tmp_path / "speed.parquet"
+    _run("-m", "benchmarks.mqar", "speed", "--quick", "--steps", "3", "--out", str(out))
+    frame = pl.read_parquet(out)
+    assert set(frame["model"]) == {"attention", *ml.PRESETS} and (frame["tokens_per_s"] > 0).all()
+    assert frame.filter(pl.col("model") == "gated_deltanet")["vs_gated_deltanet"].item() == 1.0
+    assert frame.filter(pl.col("target").is_not_null())["model"].to_list() == [
+        name for name, spec in ml.PRESETS.items() if spec.memory == "mlp"]
+
+
+def test_mqar_playground_row(tmp_path):
+    out = tmp_path / "playground.parquet"
+    _run("-m", "benchmarks.mqar", "playground", "--presets", "gated_deltanet", "--budget", "3", "--threads", "1",
+         "--out", str(out))
+    row = pl.read_parquet(out).row(0, named=True)
+    assert row["model"] == "gated_deltanet" and row["budget_s"] == 3.0 and row["steps"] >= 1
 
 
 def test_armt_benchmark_trains_saves_and_streams(tmp_path):
