@@ -63,17 +63,17 @@ _NAMED = (
            recommended=Recommended(eta_max=0.25, steps=400)),
     Preset("gated_deltanet", MemorySpec(bias="l2", retention="l2", grad_at="retained"),
            "W_t = α_t (I - η_t k_t k_tᵀ) W_{t-1} + η_t k_t v_tᵀ",
-           recommended=Recommended(steps=500)),
+           recommended=Recommended(steps=600)),
     Preset("longhorn", MemorySpec(bias="l2", retention="none", optimizer="implicit"),
            "W_t = W_{t-1} - ε_t k_t (k_tᵀ W_{t-1} - v_tᵀ), ε_t = η_t / (1 + η_t ‖k_t‖²)",
            recommended=Recommended(eta_max=0.5, lr=3e-3, steps=400)),
     Preset("ttt_linear", MemorySpec(bias="l2", retention="none"), "W_t = W_{t-1} - η_t k_t (k_tᵀ W_{t-1} - v_tᵀ)",
            recommended=Recommended(eta_max=0.25, steps=400)),
     Preset("ttt_mlp", MemorySpec(memory="mlp", bias="l2", retention="none"), "an MLP memory trained by gd on the l2 loss",
-           recommended=Recommended(chunk_size=8, eta_max=0.3, steps=600)),
+           recommended=Recommended(chunk_size=8, eta_max=0.3, lr=3e-3, steps=500)),
     Preset("titans", MemorySpec(memory="mlp", bias="l2", retention="l2", optimizer="momentum"),
            "S_t = θ_t S_{t-1} - η_t ∇ℓ(W_{t-1}),  W_t = α_t W_{t-1} + S_t, an MLP memory",
-           recommended=Recommended(chunk_size=8, eta_max=0.1, steps=600)),
+           recommended=Recommended(chunk_size=8, eta_max=0.1, steps=800)),
     Preset("moneta", MemorySpec(memory="mlp", bias="lp", retention="lq", p=3.0, q=4.0),
            "an MLP memory on the ℓ3 loss, read through the ℓ4-normalised accumulator",
            recommended=Recommended(chunk_size=8, eta_max=0.03, steps=800)),
@@ -81,7 +81,7 @@ _NAMED = (
     # gradients through time explode with the default ε = 1e-6.
     Preset("yaad", MemorySpec(memory="mlp", bias="huber", huber_mode="mixture", retention="l2", eps=1e-2),
            "an MLP memory on a Huber loss (ℓ2 near 0, δ·ℓ1 beyond δ) with decay",
-           recommended=Recommended(chunk_size=8, eta_max=0.5, steps=800)),
+           recommended=Recommended(chunk_size=8, eta_max=0.5, lr=3e-3, steps=800)),
     Preset("memora", MemorySpec(memory="mlp", bias="l2", retention="kl"),
            "an MLP memory on the l2 loss whose weights are a softmax of the accumulator (KL retention)",
            recommended=Recommended(chunk_size=8, eta_max=0.3, steps=800)),
@@ -110,10 +110,18 @@ def resolve(value, name="spec"):
     if isinstance(value, MemorySpec):
         return value, None
     if isinstance(value, str):
-        found = named_preset(value)
+        if value not in NAMED_PRESETS:
+            raise ValueError(f"{name}={value!r} is not a known preset; allowed values: "
+                             f"{', '.join(map(repr, NAMED_PRESETS))} (or a MemorySpec, or a dict of its fields)")
+        found = NAMED_PRESETS[value]
         return found.spec, found
     if isinstance(value, dict):
-        return MemorySpec().replace(**value), None
+        if not all(isinstance(key, str) for key in value):
+            raise ValueError(f"{name}={value!r}: a dict of MemorySpec fields needs string keys")
+        try:
+            return MemorySpec().replace(**value), None
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
     raise ValueError(f"{name}={value!r} must be a MemorySpec, a preset name or a dict of MemorySpec fields")
 
 

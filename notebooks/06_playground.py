@@ -15,6 +15,7 @@ with app.setup(hide_code=True):
     import miras_lite as ml
     from miras_lite.config import FitConfig, LMConfig, MirasLMConfig, MQARConfig, RunConfig
     from miras_lite.presets import Recommended
+    from miras_lite.runs import SHIPPED, find_runs, load_run
     from miras_lite.tasks.mqar import MQAR, accuracy_by_distance, accuracy_by_pairs
     from miras_lite.memory import branch_read, fittable_value
     from miras_lite.ui import (accuracy_axis, axis_dropdowns, block_average, chance_rule, chosen_spec,
@@ -205,9 +206,26 @@ def _(
     return
 
 
+@app.function
+def shipped_runs():
+    """The trained MQAR models shipped in data/models/ (rebuilt by data/models/build.py), as runs of this page."""
+    runs = []
+    for path in find_runs(SHIPPED):
+        run = load_run(path)
+        task, model, fit = run.config.task, run.config.model, run.config.fit
+        if task.name != "mqar" or model.name != "miras_lm":
+            continue
+        config = dict(task="MQAR", V=task.vocab_size, L=task.seq_len, D=task.num_kv_pairs, d_model=model.d_model,
+                      layers=model.n_layers, heads=model.num_heads, steps=fit.steps, batch=fit.batch_size, lr=fit.lr)
+        runs.append(dict(name=f"trained {path.name}", model=run.model, config=config, run_config=run.config,
+                         metrics=run.metrics, status="shipped"))
+    return runs
+
+
 @app.cell
 def _():
-    get_runs, set_runs = mo.state([])
+    # the page starts with the trained models the project ships; every run you train joins them
+    get_runs, set_runs = mo.state(shipped_runs())
     return get_runs, set_runs
 
 
