@@ -76,7 +76,7 @@ _NAMED = (
            recommended=Recommended(chunk_size=8, eta_max=0.1, steps=800)),
     Preset("moneta", MemorySpec(memory="mlp", bias="lp", retention="lq", p=3.0, q=4.0),
            "an MLP memory on the ℓ3 loss, read through the ℓ4-normalised accumulator",
-           recommended=Recommended(chunk_size=8, eta_max=0.03, steps=800)),
+           recommended=Recommended(chunk_size=8, eta_max=0.03, lr=3e-3, steps=1000)),
     # Huber with an ℓ1 tail δ·e/√(e² + ε): ε = 1e-2 smooths sign(e), whose 1/√ε slope at e = 0 makes
     # gradients through time explode with the default ε = 1e-6.
     Preset("yaad", MemorySpec(memory="mlp", bias="huber", huber_mode="mixture", retention="l2", eps=1e-2),

@@ -48,7 +48,7 @@ def test_mqar_recipes_train_each_recipe(tmp_path):
 
 def test_mqar_speed_measures_every_preset_against_gated_deltanet(tmp_path):
     out = tmp_path / "speed.parquet"
-    _run("-m", "benchmarks.mqar", "speed", "--quick", "--steps", "3", "--out", str(out))
+    _run("-m", "benchmarks.mqar", "speed", "--quick", "--steps", "2", "--out", str(out))
     frame = pl.read_parquet(out)
     assert set(frame["model"]) == {"attention", *ml.PRESETS} and (frame["tokens_per_s"] > 0).all()
     assert frame.filter(pl.col("model") == "gated_deltanet")["vs_gated_deltanet"].item() == 1.0

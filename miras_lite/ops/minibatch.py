@@ -131,14 +131,19 @@ def dual_read(spec, q, decays, A0, S0, inputs, scaled_grads, scales=None):
     ``scales[j]`` ([..., C, 1]; lq: W_t = Ã_t / s_t) when given.
     """
     b = decays.b.unsqueeze(-1)
+    gamma = None if decays.gamma is None else decays.gamma.unsqueeze(-1)
+
+    def start_read(u, row_scale, W):
+        """row_scale ⊙ (u W), scaling whichever side is narrower."""
+        return (row_scale * u) @ W if u.shape[-1] < W.shape[-1] else row_scale * (u @ W)
 
     def read_matmul(j):
         def matmul(u):
             # the first weight always reads q, whose scores against k were formed with the decays
             scores = decays.scores if j == 0 else (u @ inputs[j].transpose(-1, -2)) * decays.mix
-            out = b * (u @ A0[j]) - scores @ scaled_grads[j]
-            if spec.optimizer == "momentum":
-                out = out + decays.gamma.unsqueeze(-1) * (u @ S0[j])
+            out = start_read(u, b, A0[j]) - scores @ scaled_grads[j]
+            if gamma is not None:
+                out = out + start_read(u, gamma, S0[j])
             return out if scales is None else scales[j] * out
 
         return matmul
