@@ -18,6 +18,7 @@ from . import checkpoint
 from .config import RunConfig
 
 SHIPPED = Path(__file__).resolve().parents[1] / "data" / "models"
+FILES = ("run.json", "checkpoint.pt", "metrics.parquet")
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Run:
 def load_run(path):
     """The `Run` in directory `path` (ValueError naming the directory when a file is missing)."""
     path = Path(path)
-    missing = [name for name in ("run.json", "checkpoint.pt", "metrics.parquet") if not (path / name).is_file()]
+    missing = [name for name in FILES if not (path / name).is_file()]
     if missing:
         raise ValueError(f"run={str(path)!r} is not a run directory: it has no {', '.join(missing)}")
     config = RunConfig.from_dict(json.loads((path / "run.json").read_text()))
@@ -46,6 +47,8 @@ def load_run(path):
 
 
 def find_runs(root):
-    """The run directories below `root` (those holding a run.json), sorted by path."""
+    """The complete run directories below `root` (holding all three files; a run still writing its first
+    checkpoint is left out), sorted by path."""
     root = Path(root)
-    return sorted(p.parent for p in root.glob("**/run.json")) if root.is_dir() else []
+    found = root.glob("**/run.json") if root.is_dir() else ()
+    return sorted(p.parent for p in found if all((p.parent / name).is_file() for name in FILES))

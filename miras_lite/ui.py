@@ -58,11 +58,11 @@ def legend_pick(field):
     return pick, alt.condition(pick, alt.value(1.0), alt.value(0.12))
 
 
-def accuracy_axis(title="held-out accuracy"):
-    """A y encoding of "accuracy" fixed to [0, 1], so chance never looks like learning."""
+def accuracy_axis(title="held-out accuracy", field="accuracy"):
+    """A y encoding of an accuracy column fixed to [0, 1], so chance never looks like learning."""
     import altair as alt
 
-    return alt.Y("accuracy:Q", title=title, scale=alt.Scale(domain=[0, 1]))
+    return alt.Y(f"{field}:Q", title=title, scale=alt.Scale(domain=[0, 1]))
 
 
 def chance_rule(chance, title="held-out accuracy"):

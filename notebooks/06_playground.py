@@ -61,7 +61,6 @@ def _():
     task_choice = mo.ui.dropdown(options=list(TASKS), value="MQAR", label="task")
     vocab = mo.ui.slider(32, 256, step=32, value=64, label="vocabulary V", show_value=True)
     seq_len = mo.ui.slider(16, 128, step=16, value=32, label="length L", show_value=True)
-    pairs = mo.ui.slider(1, 16, step=1, value=4, label="pairs D (MQAR)", show_value=True)
     d_model = mo.ui.slider(32, 128, step=32, value=64, label="d_model", show_value=True)
     layers = mo.ui.slider(1, 4, step=1, value=2, label="layers", show_value=True)
     heads = mo.ui.dropdown(options=["1", "2", "4"], value="1", label="heads")
@@ -71,9 +70,18 @@ def _():
     stop_requested = threading.Event()
     cancel_button = mo.ui.button(label="Cancel", kind="danger", on_change=lambda _: stop_requested.set())
     return (
-        batch, cancel_button, d_model, heads, layers, pairs, preset_choice, seq_len, stop_requested, task_choice,
+        batch, cancel_button, d_model, heads, layers, preset_choice, seq_len, stop_requested, task_choice,
         train_button, vocab,
     )
+
+
+@app.cell
+def _(seq_len, vocab):
+    # D pairs take 2D tokens and their D queries need room after them: L >= 4D (and D < V/2 distinct keys)
+    _most = max(1, min(seq_len.value // 4, vocab.value // 2 - 1))
+    pairs = mo.ui.slider(1, _most, step=1, value=min(4, _most), label=f"pairs D (MQAR, at most L/4 = {_most})",
+                         show_value=True)
+    return (pairs,)
 
 
 @app.cell
@@ -231,10 +239,35 @@ def _():
 
 @app.function
 def run_curves(run):
-    """One run's metrics as rows (run, step, time_s, loss, held_out) for the comparison chart."""
+    """One run's metrics as rows (run, task, step, time_s, loss, held_out) for the comparison charts."""
     metrics, column = run["metrics"], held_out_metric(run["metrics"])
     held_out = pl.col(column) if column in metrics.columns else pl.lit(None, dtype=pl.Float64)
-    return metrics.select(pl.lit(run["name"]).alias("run"), "step", "time_s", "loss", held_out.alias("held_out"))
+    return metrics.select(pl.lit(run["name"]).alias("run"), pl.lit(run["config"]["task"]).alias("task"), "step",
+                          "time_s", "loss", held_out.alias("held_out"))
+
+
+@app.function
+def comparison_panels(curves, task, pick, opacity):
+    # `pick` (a legend selection) is added to this panel's loss chart; None when another panel holds it
+    """Training loss against the step and the held-out score against seconds for the runs of one task: MQAR
+    accuracy on a fixed [0, 1] axis with the chance line of its vocabulary, language modelling in bits per
+    character (lower is better)."""
+    base = alt.Chart(curves).encode(
+        color=alt.Color("run:N"), opacity=opacity,
+        tooltip=["run:N", "step:Q", alt.Tooltip("time_s:Q", format=".1f"), alt.Tooltip("loss:Q", format=".3f"),
+                 alt.Tooltip("held_out:Q", format=".3f")],
+    )
+    loss = base.mark_line().encode(x=alt.X("step:Q"), y=alt.Y("loss:Q", title="training loss")).properties(
+        width=300, height=220, title=f"{task}: training loss")
+    if pick is not None:
+        loss = loss.add_params(pick)
+    held = base.transform_filter("datum.held_out != null").mark_line(point=True).properties(width=300, height=220)
+    if task == "MQAR":
+        held = held.encode(x=alt.X("time_s:Q", title="seconds"), y=accuracy_axis(field="held_out"))
+        return alt.hconcat(loss, held.properties(title="MQAR: held-out accuracy"))
+    held = held.encode(x=alt.X("time_s:Q", title="seconds"), y=alt.Y("held_out:Q", title="bits per character",
+                                                                    scale=alt.Scale(zero=False)))
+    return alt.hconcat(loss, held.properties(title="language model: held-out bits per character"))
 
 
 @app.cell(hide_code=True)
@@ -242,8 +275,10 @@ def _():
     mo.md(r"""
     ## All runs side by side
 
-    Every run that finished (or was cancelled) is kept for this session. Click a name in the legend to
-    pick out one run. Time is wall-clock on this machine, evaluations included.
+    Every run that finished (or was cancelled) is kept for this session, next to the trained models the
+    project ships. Runs of the two tasks get their own panels (their scores are different quantities);
+    accuracy axes always run from 0 to 1, so chance never looks like learning. Click a name in the legend
+    to pick out one run. Time is wall-clock on this machine, evaluations included.
     """)
     return
 
@@ -254,19 +289,8 @@ def _(get_runs):
     mo.stop(not runs, mo.md("_No finished run yet._"))
     _curves = pl.concat([run_curves(r) for r in runs])
     _pick, _opacity = legend_pick("run")
-    _base = alt.Chart(_curves).encode(
-        color=alt.Color("run:N"),
-        opacity=_opacity,
-        tooltip=["run:N", "step:Q", alt.Tooltip("time_s:Q", format=".1f"), alt.Tooltip("loss:Q", format=".3f"),
-                 alt.Tooltip("held_out:Q", format=".3f")],
-    )
-    _loss = _base.mark_line().encode(
-        x=alt.X("step:Q"), y=alt.Y("loss:Q", title="training loss")
-    ).properties(width=300, height=240).add_params(_pick)
-    _held = _base.transform_filter("datum.held_out != null").mark_line(point=True).encode(
-        x=alt.X("time_s:Q", title="seconds"), y=alt.Y("held_out:Q", title="held-out accuracy / bits per char")
-    ).properties(width=300, height=240)
-    alt.hconcat(_loss, _held)
+    alt.vconcat(*[comparison_panels(_curves.filter(pl.col("task") == _task), _task, _pick if _i == 0 else None,
+                                    _opacity) for _i, _task in enumerate(_curves["task"].unique(maintain_order=True))])
     return (runs,)
 
 
@@ -409,17 +433,18 @@ def _(run):
 
 @app.cell(hide_code=True)
 def _(gates, is_mqar, run, sample_labels):
-    _gates = gates.with_columns(pl.format("layer {} head {}", "layer", "head").alias("layer·head"))
     _queries = pl.DataFrame({"position": (sample_labels[0] != -100).nonzero().flatten().tolist()})
     _context = pl.DataFrame({"start": [0], "end": [2 * run["config"]["D"] - 1]})
 
-    def _panel(gate):
-        lines = alt.Chart(_gates.filter(pl.col("gate") == gate)).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
+    def _panel(gate, layer):
+        # one layer per panel, one line per head: readable however many heads and layers the model has
+        lines = alt.Chart(gates.filter((pl.col("gate") == gate) & (pl.col("layer") == layer))).mark_line(
+            point=alt.OverlayMarkDef(size=12)).encode(
             x=alt.X("position:Q", title="position t"),
             y=alt.Y("value:Q", title=gate, scale=alt.Scale(zero=False)),
-            color="layer·head:N",
-            tooltip=["layer·head:N", "position:Q", alt.Tooltip("value:Q", format=".3f")],
-        ).properties(width=620, height=150)
+            color=alt.Color("head:N", title="head"),
+            tooltip=["head:N", "position:Q", alt.Tooltip("value:Q", format=".3f")],
+        ).properties(width=300, height=120, title=f"layer {layer}: {gate}")
         if not is_mqar:
             return lines
         shade = alt.Chart(_context).mark_rect(opacity=0.12, color="gray").encode(x="start:Q", x2="end:Q")
@@ -427,7 +452,9 @@ def _(gates, is_mqar, run, sample_labels):
             x="position:Q", tooltip=[alt.Tooltip("position:Q", title="query at")])
         return shade + rules + lines
 
-    alt.vconcat(*[_panel(g) for g in _gates["gate"].unique(maintain_order=True)]).properties(
+    _gate_names = gates["gate"].unique(maintain_order=True).to_list()
+    alt.vconcat(*[alt.hconcat(*[_panel(_g, _layer) for _g in _gate_names])
+                  for _layer in sorted(gates["layer"].unique().to_list())]).properties(
         title="gates on one held-out sequence" + (" (shaded: context, dashed: queries)" if is_mqar else ""))
     return
 
