@@ -1,5 +1,6 @@
 # Two user commands:
-#   make app   build .venv if needed, then open the notebooks as an app (marimo run notebooks/)
+#   make app   build .venv if needed, then open the notebooks as an app (marimo run notebooks/ through
+#              miras_lite.app: a random token, printed in the URL, and refusal of other sites' origins)
 #   make test  build .venv if needed, install Debian's Chromium and PostgreSQL if missing, then run the test suite
 # The environment is (re)installed whenever requirements.txt is newer than the stamp file.
 
@@ -7,7 +8,8 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements.stamp
-# extra flags for `marimo run`, e.g. make app APP_ARGS="--headless --port 2718"
+# extra flags for the app (`python -m miras_lite.app --help`; others go to `marimo run`),
+# e.g. make app APP_ARGS="--headless --port 2718"
 APP_ARGS ?=
 
 # the browser tests (tests/test_browser.py) drive Debian's Chromium, never a browser Playwright downloads
@@ -20,7 +22,7 @@ PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) /usr/lib/p
 .PHONY: app test venv browser postgres
 
 app: $(STAMP)
-	$(PY) -m marimo run notebooks/ $(APP_ARGS)
+	$(PY) -m miras_lite.app notebooks/ $(APP_ARGS)
 
 test: $(STAMP) browser postgres
 	$(PY) -m pytest -n 2 tests

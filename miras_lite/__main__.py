@@ -9,9 +9,13 @@
 
 `train` turns its options into a `config.RunConfig` (options not given keep the config's defaults),
 trains it with a progress bar on stderr and prints a summary; RUN_DIR receives checkpoint.pt,
-metrics.parquet and run.json (the RunConfig, which `eval` reads back). Ctrl-C or SIGTERM stops after
-the running step and saves (a second one stops at once); the exit status is then 130. ``sweep SWEEP.toml`` runs an Optuna sweep (`miras_lite.sweeps`) and
-``report notebooks/NAME.py -o report.html`` writes an offline HTML report (`miras_lite.reports`).
+metrics.parquet and run.json (the RunConfig, which `eval` reads back). RUN_DIR is locked while the run
+lasts (a second run into it is refused at once), and one that already holds a run is refused unless
+--overwrite. Ctrl-C or SIGTERM stops after the running step and saves (the checkpoint records "stopped":
+"interrupted by SIGINT"); a second one stops at once, keeping the last checkpoint written; either way the
+exit status is 130 and the message one line, no traceback. A failed write (disk full, read-only) is one
+"error:" line naming the file, exit status 1. ``sweep SWEEP.toml`` runs an Optuna sweep (`miras_lite.sweeps`)
+and ``report notebooks/NAME.py -o report.html`` writes an offline HTML report (`miras_lite.reports`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .presets import PRESETS, named_preset
 from .reports.command import add_report_parser
 from .spec import MemorySpec
 from .sweeps.cli import add_parser as add_sweep_parser
+from .files import RunDirectoryError, RunLock
 from .train import ProgressBar, TrainingDiverged, evaluate, summarize
 
 MQAR_EVAL_PAIRS = (4, 8, 16, 32, 64)
@@ -137,16 +142,43 @@ def run_config(args):
 
 
 class _Interrupt(threading.Event):
-    """Set by SIGINT / SIGTERM: fit stops after the running step and saves; a second signal stops at once."""
+    """Set by SIGINT / SIGTERM: fit stops after the running step and saves; a second signal stops at once. Once
+    training has returned (``armed`` False), further signals are ignored: the run is saved and about to exit."""
 
     reason = None
+    armed = True
 
     def handle(self, signum, frame):
+        if not self.armed:
+            return
         if self.is_set():
             raise KeyboardInterrupt
         self.reason = f"interrupted by {signal.Signals(signum).name}"
         print(f"\n{self.reason}: saving after this step (send it again to stop at once)", file=sys.stderr, flush=True)
         self.set()
+
+
+RUN_FILES = ("checkpoint.pt", "metrics.parquet", "run.json")
+
+
+def _claim(out, overwrite):
+    """Refuse a run directory that holds another run's files, unless ``overwrite`` (then they are removed, so the
+    new run's files never sit next to the old run's). Called while holding the directory's lock."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not overwrite:
+        raise RunDirectoryError(f"out_dir={str(out)!r} already holds a run ({', '.join(found)}); choose another --out, "
+                                "or pass --overwrite to replace it")
+    for name in found:
+        (out / name).unlink(missing_ok=True)
+
+
+def _kept(out):
+    """What the run directory holds after a stop: 'the checkpoint of step N' or 'no checkpoint'."""
+    try:
+        step = (checkpoint.load_checkpoint(out / "checkpoint.pt")["extra"] or {}).get("step")
+    except ValueError:
+        return "no readable checkpoint"
+    return f"the checkpoint of step {step}"
 
 
 def run_train(args):
@@ -155,17 +187,25 @@ def run_train(args):
     interrupt = _Interrupt()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, interrupt.handle)
-    print(f"# {out}: {json.dumps(run.to_dict())}", flush=True)
     callbacks = [] if args.quiet else [ProgressBar(run.fit.steps)]
     try:
-        _, metrics = run.train(out_dir=out, callbacks=callbacks, cancel=interrupt)
+        # the lock first: a second run into this directory is refused before it writes anything (run.json too)
+        with RunLock(out):
+            _claim(out, args.overwrite)
+            print(f"# {out}: {json.dumps(run.to_dict())}", flush=True)
+            _, metrics = run.train(out_dir=out, callbacks=callbacks, cancel=interrupt)
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except OSError as error:
+    except OSError as error:  # RunDirectoryError, FileWriteError (disk full, read-only, ...), a missing file
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # a second Ctrl-C / SIGTERM: stopped at once, inside a step
+        print(f"\nerror: {interrupt.reason or 'interrupted'}, then stopped at once by a second signal; {out} keeps "
+              f"{_kept(out)} (the last one written)", file=sys.stderr)
+        return 130
     finally:
+        interrupt.armed = False
         for cb in callbacks:
             cb.close()
     stopped = interrupt.reason
@@ -215,7 +255,10 @@ def _run_task(path, task_name):
     ``task_name`` when there is none (or the run trained another task)."""
     run_json = path.parent / "run.json"
     if run_json.exists():
-        task = RunConfig.from_dict(json.loads(run_json.read_text())).task
+        try:
+            task = RunConfig.from_dict(json.loads(run_json.read_text(encoding="utf-8"))).task
+        except (OSError, UnicodeDecodeError, ValueError, TypeError) as error:
+            raise ValueError(f"run: {run_json} cannot be read ({type(error).__name__}: {error})") from None
         if task_name is None or task_name == task.name:
             return task
     if task_name is None:
@@ -228,8 +271,12 @@ def run_eval(args):
         torch.set_num_threads(args.threads)
     run = Path(args.run)
     path = run / "checkpoint.pt" if run.is_dir() else run
+    try:
+        model, extra = checkpoint.load(path, return_extra=True)
+    except checkpoint.CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     task = _run_task(path, args.task)
-    model, extra = checkpoint.load(path, return_extra=True)
     print(f"# {path}: {type(model).__name__}, step {(extra or {}).get('step')}")
     if task.name == "mqar":
         task = task.replace(**{k: getattr(args, k) for k in ("vocab_size", "seq_len") if getattr(args, k) is not None})
@@ -268,7 +315,10 @@ def build_parser():
                        argument_default=argparse.SUPPRESS)  # options not given keep the run configuration's defaults
     p.add_argument("--task", choices=tuple(TASK_CONFIGS), default="mqar")
     p.add_argument("--model", choices=tuple(MODEL_CONFIGS), default="miras_lm")
-    p.add_argument("--out", default=None, help="run directory (default runs/<task>-<model>-<time>)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<task>-<model>-<time>); one that already "
+                   "holds a run is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true", default=False, help="replace the run already in --out (its "
+                   "checkpoint.pt, metrics.parquet and run.json are removed before training starts)")
     miras, armt, mqar, babi, lm, fit = (MirasLMConfig(), ARMTConfig(), MQARConfig(), BabiLongConfig(), LMConfig(),
                                         FitConfig())
     g = p.add_argument_group("model")

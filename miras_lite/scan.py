@@ -53,8 +53,11 @@ def _check_inputs(q, k, v, spec):
     for name, x in (("k", k), ("v", v)):
         if x.dtype != q.dtype or x.device != q.device:
             _fail(name, f"dtype/device {x.dtype}/{x.device} must match q's {q.dtype}/{q.device}")
-    if q.shape[1] == 0:
-        _fail("q", "the sequence is empty (T = 0)")
+    for axis, size in zip("BTHD", q.shape):
+        if size == 0:
+            _fail("q", f"shape {tuple(q.shape)} is empty ({axis} = 0); B, T, H and Dk must be >= 1")
+    if v.shape[-1] == 0:
+        _fail("v", f"shape {tuple(v.shape)} is empty (Dv = 0); Dv must be >= 1")
     if spec.memory == "mlp" and v.shape[-1] != q.shape[-1]:
         _fail("v", f"memory='mlp' needs Dk == Dv, got Dk={q.shape[-1]}, Dv={v.shape[-1]}")
 
@@ -112,6 +115,36 @@ def _initial_state(initial_state, spec, B, H, Dk, Dv, like):
     return A, tuple(torch.zeros_like(A_j) for A_j in A)
 
 
+def _check_dtype(q, backend):
+    """Half precision runs on CUDA (and through the Triton kernels); the torch implementations on a CPU need float32
+    or float64 (CPU torch has no half-precision triangular solve, and float16 overflows at 65504)."""
+    if q.device.type == "cpu" and backend != "triton" and q.dtype in (torch.float16, torch.bfloat16):
+        _fail("q", f"dtype {q.dtype} is not supported on the CPU; allowed values: torch.float32, torch.float64 "
+              "(half precision: CUDA tensors, or backend='triton')")
+
+
+def _all_finite(tensors):
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
+
+
+OVERFLOW = "the memory overflowed"
+
+
+def _check_overflow(o, state, inputs, k, eta, spec):
+    """Finite inputs must give finite outputs: otherwise the recurrence overflowed (η beyond the stable range of
+    the step, e.g. η_t‖k_t‖² > 2 for the gd step on the l2 bias), and memory_scan refuses it with a ValueError
+    naming eta rather than returning inf or NaN."""
+    with torch.no_grad():
+        W = state.W if isinstance(state.W, tuple) else (state.W,)
+        if _all_finite((o, *W)) or not _all_finite(inputs):
+            return
+        step = float((eta * k.square().sum(-1)).max())
+    _fail("eta", f"{OVERFLOW}: finite inputs gave non-finite outputs (memory={spec.memory!r}, bias={spec.bias!r}, "
+          f"retention={spec.retention!r}, optimizer={spec.optimizer!r}; the largest η_t·‖k_t‖² is {step:.3g}). "
+          "The gd and momentum steps on the l2, lp, huber and robust biases are stable only while η_t·‖k_t‖² <= 2 "
+          "(momentum: <= 2(1 + θ)); lower eta, normalise k, use optimizer='implicit', or compute in float64")
+
+
 def _check_options(chunk_size, backend, return_states, chunk_rule):
     if chunk_rule not in CHUNK_RULES:
         _fail("chunk_rule", f"{chunk_rule!r} is not supported; allowed values: {', '.join(map(repr, CHUNK_RULES))}")
@@ -161,10 +194,21 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
     kernel covers the scan); "auto" (Triton on CUDA tensors where a kernel covers the scan, else torch).
 
     Returns o [B, T, H, Dv] and a `MemoryState`. Differentiable w.r.t. every tensor input.
+
+    Ranges and overflow. Every argument is checked first: a bad one raises ValueError naming it (empty axes,
+    B, T, H, Dk or Dv = 0, are refused; so are float16 / bfloat16 on the CPU, where the torch implementations
+    need float32 or float64). η is not bounded above, but the recurrence is only stable in a range: the gd step
+    on the l2 bias multiplies the memory by (I − η_t k_t k_tᵀ), which grows once η_t‖k_t‖² > 2 (momentum:
+    2(1 + θ)), and grows geometrically over the tokens. memory_scan neither clamps η (that would silently
+    change the update) nor refuses it up front (a scan that grows but stays finite is a valid experiment): when
+    finite inputs give a non-finite output or memory, it raises ValueError("eta: the memory overflowed: ...")
+    with the largest η_t‖k_t‖² it saw. Inputs that already hold NaN or inf are passed through (rates are
+    refused). `MemorySpec` refuses lq settings whose read-out overflows float32 (see `spec.LQ_MAX_DECADES`).
     """
     spec = MemorySpec() if spec is None else as_spec(spec)
     _check_inputs(q, k, v, spec)
     _check_options(chunk_size, backend, return_states, chunk_rule)
+    _check_dtype(q, backend)
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     rate_shape = (B, T, H)
@@ -187,9 +231,12 @@ def memory_scan(q, k, v, eta=1.0, alpha=1.0, theta=None, spec=None, initial_stat
     A, S = _initial_state(initial_state, spec, B, H, Dk, Dv, q)
     plan = dispatch.plan(spec, chunk_size, backend, q, v, return_states, chunk_rule)
     _warn_passed_over_kernels(plan, spec, chunk_size, backend)
+    inputs = (q, k, v, *A, *S)
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    o, A, S, snapshots = dispatch.run(plan, q, k, v, eta, alpha, theta, delta, spec, A, S, return_states)
-    return o.transpose(1, 2), _state(spec, A, S, snapshots, return_states)
+    o, A_end, S_end, snapshots = dispatch.run(plan, q, k, v, eta, alpha, theta, delta, spec, A, S, return_states)
+    o, state = o.transpose(1, 2), _state(spec, A_end, S_end, snapshots, return_states)
+    _check_overflow(o, state, inputs, k, eta, spec)
+    return o, state
 
 
 def _state(spec, A, S, snapshots, snapshot_every):

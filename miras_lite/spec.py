@@ -6,6 +6,8 @@ file per axis holds them in code: `memory.py`, `bias.py`, `retention.py`, `optim
 are in `presets.py`.
 """
 
+import math
+import numbers
 from dataclasses import dataclass, fields, replace
 
 from .checks import check_int
@@ -18,15 +20,31 @@ OPTIMIZERS = ("gd", "momentum", "implicit")
 GRAD_POINTS = ("previous", "retained")
 
 
+# lq's read-out A / max(‖A‖_q, ε)^{q−2} reaches ε^{3−q} and its gradient ε^{1−q} when the accumulator is
+# small (η small, or early in a sequence): (q − 1)·log10(1/ε) is kept at or below this many decades, so
+# that both stay far inside float32's range (3.4e38) with room for the products around them.
+LQ_MAX_DECADES = 30
+
+
 def _choice(name, value, allowed):
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}")
 
 
+def _finite(value):
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False
+
+
 def _positive(name, value, minimum=0.0, inclusive=False, meaning=""):
+    bound = f">= {minimum}" if inclusive else f"> {minimum}"
+    # a real number: not a bool (True would pass as 1), not a tensor or a string; finite
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not _finite(value):
+        raise ValueError(f"{name}={value!r} must be a finite number {bound}{meaning}")
     ok = value >= minimum if inclusive else value > minimum
     if not ok:
-        bound = f">= {minimum}" if inclusive else f"> {minimum}"
         raise ValueError(f"{name}={value!r} must be {bound}{meaning}")
 
 
@@ -72,6 +90,14 @@ class MemorySpec:
         _positive("simplex_scale", self.simplex_scale)
         _positive("eps", self.eps)
         check_int("expansion", self.expansion)
+        for name in ("p", "q", "delta", "robust_delta", "gamma", "simplex_scale", "eps"):  # plain floats from here on
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if self.retention == "lq" and self.q > 3 and (self.q - 1) * math.log10(1 / self.eps) > LQ_MAX_DECADES:
+            raise ValueError(
+                f"q={self.q!r} with eps={self.eps!r}: retention='lq' divides by max(‖A‖_q, eps)^(q-2), so a small "
+                f"memory is read at up to eps^(3-q) and its gradient reaches eps^(1-q) = {self.eps ** (1 - self.q):.1e}, "
+                f"which overflows float32; allowed: (q - 1)·log10(1/eps) <= {LQ_MAX_DECADES} (with eps={self.eps:g}: "
+                f"q <= {1 + LQ_MAX_DECADES / math.log10(1 / self.eps):.3g}), or a larger eps")
         if self.optimizer == "implicit":
             if self.memory != "linear" or self.bias != "l2" or self.retention not in ("none", "l2"):
                 raise ValueError(

@@ -26,12 +26,18 @@ thread. ``max_time`` stops after that many seconds of wall-clock time. A curricu
 loss says the current stage is learnt.
 
 Outputs in ``out_dir`` (when given): ``checkpoint.pt`` (`miras_lite.checkpoint.save`, the extra
-holds the step, the fit arguments and why the run stopped) and ``metrics.parquet``, both rewritten at
-every checkpoint and at the end, each written then renamed (`files.atomic_write`), while the run holds
-the directory's lock (`files.RunLock`). If the loss, a gradient or a weight stops being finite, `fit`
-raises `TrainingDiverged` (step, quantity, a suggestion) after writing the metrics so far; the
-checkpoint on disk is then the last one this run wrote with finite weights, and the message says
-which step it holds (or that none was written).
+holds the step, the fit arguments, why the run stopped, e.g. "interrupted by SIGINT", and "complete":
+whether it ran all its steps) and ``metrics.parquet``, both rewritten at every checkpoint and at the end,
+each written then renamed (`files.atomic_write`: a SIGKILL at any moment leaves the previous file whole),
+while the run holds the directory's lock (`files.RunLock`: a second run into the directory is refused).
+If the loss, a gradient or a weight stops being finite, `fit` raises `TrainingDiverged` (step, quantity,
+a suggestion) after writing the metrics so far; the checkpoint on disk is then the last one this run
+wrote with finite weights, and the message says which step it holds, or that this run wrote none (and,
+when the directory held an earlier run's checkpoint.pt, that the file there is that one). A write that
+fails (disk full or read-only) raises `files.FileWriteError` naming the file, the step and what the
+directory keeps. `fit` replaces the metrics.parquet it finds and keeps an earlier checkpoint.pt until it
+writes its own (continuing a model into its own directory keeps its last good state); the CLI refuses a
+directory holding another run unless --overwrite.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import torch
 
 from . import checkpoint
 from .config import FitConfig
-from .files import RunLock, atomic_write
+from .files import FileWriteError, RunLock, atomic_write
 from .labels import IGNORE_INDEX
 
 
@@ -58,14 +64,17 @@ class TrainingDiverged(RuntimeError):
     "gradient of blocks.0.mixer.qkv_proj.weight"). ``out_dir`` (when fit was given one) holds the metrics
     up to the failing step and, when ``kept_step`` is not None, the checkpoint of that step."""
 
-    def __init__(self, step, quantity, suggestion, out_dir=None, kept_step=None):
+    def __init__(self, step, quantity, suggestion, out_dir=None, kept_step=None, earlier=None):
         self.step, self.quantity, self.suggestion, self.out_dir = step, quantity, suggestion, out_dir
-        self.kept_step = kept_step
+        self.kept_step, self.earlier = kept_step, earlier
         kept = ""
-        if out_dir is not None:
+        if out_dir is not None and kept_step is not None:
             kept = (f"; {out_dir} holds metrics.parquet and the checkpoint of step {kept_step}, the last with finite "
-                    f"weights" if kept_step is not None else f"; {out_dir} holds metrics.parquet (no checkpoint with "
-                    "finite weights was written)")
+                    "weights")
+        elif out_dir is not None:
+            kept = f"; {out_dir} holds this run's metrics.parquet, and this run wrote no checkpoint with finite weights"
+            if earlier:
+                kept += f" (its checkpoint.pt is {earlier}, written before this run started)"
         super().__init__(f"training diverged at step {step}: the {quantity} is not finite (NaN or inf). "
                          f"{suggestion}{kept}")
 
@@ -315,7 +324,7 @@ def _is_cancelled(cancel):
     return bool(cancel())
 
 
-_NONFINITE_RATE = re.compile(r"\b(eta|alpha|theta|delta): contains NaN or inf")
+_NONFINITE_RATE = re.compile(r"\b(eta|alpha|theta|delta): contains NaN or inf|\beta: the memory overflowed")
 
 
 def _nonfinite_forward(model, error):
@@ -369,8 +378,9 @@ def _train_step(model, optimizer, params, inputs, labels, lr, clip, row):
         row["loss"] = float("nan")
         raise _Diverged(quantity) from None
     row["loss"] = float(loss.detach())
-    if not math.isfinite(row["loss"]):
-        raise _Diverged("loss")
+    if not math.isfinite(row["loss"]):  # a weight that is not finite is the cause to name, if there is one
+        name = _first_nonfinite(model.named_parameters(), lambda p: p)
+        raise _Diverged(f"parameter {name}" if name else "loss")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     row["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf")))
@@ -394,21 +404,81 @@ def _evaluate_into(row, evaluator, model, start, cpu_start):
 
 class _Outputs:
     """What a run writes to ``out_dir``: metrics.parquet and checkpoint.pt, each atomically; remembers the
-    step of the last checkpoint it wrote."""
+    step of the last checkpoint it wrote. A write that fails (disk full, read-only, ...) raises
+    `files.FileWriteError` naming the file, the step the run stopped at and what the directory still holds."""
 
     def __init__(self, out_dir, model, task, fit_args):
         self.out_dir, self.model, self.task, self.fit_args = out_dir, model, task, fit_args
         self.kept_step = None
+        self.had_checkpoint = out_dir is not None and (out_dir / "checkpoint.pt").exists()
+
+    def earlier(self):
+        """What the checkpoint.pt found at the start is (when this run has not replaced it), or None."""
+        if not self.had_checkpoint or self.kept_step is not None:
+            return None
+        try:
+            step = (checkpoint.load_checkpoint(self.out_dir / "checkpoint.pt")["extra"] or {}).get("step")
+        except ValueError as error:
+            return f"unreadable ({error})"
+        return f"the checkpoint of step {step} of an earlier run"
 
     def write(self, rows, step, reason=None):
         if self.out_dir is None:
             return
-        frame = _frame(rows)
-        atomic_write(self.out_dir / "metrics.parquet", frame.write_parquet)
-        if checkpoint.all_finite(self.model):  # else keep the previous (last good) checkpoint
-            checkpoint.save(self.out_dir / "checkpoint.pt", self.model,
-                            extra={"step": step, "fit": self.fit_args, "stopped": reason, "task": _plain(self.task)})
-            self.kept_step = step
+        try:
+            atomic_write(self.out_dir / "metrics.parquet", _frame(rows).write_parquet)
+            if checkpoint.all_finite(self.model):  # else keep the previous (last good) checkpoint
+                checkpoint.save(self.out_dir / "checkpoint.pt", self.model,
+                                extra={"step": step, "fit": self.fit_args, "stopped": reason, "task": _plain(self.task),
+                                       "complete": reason is None and step == self.fit_args["steps"]})
+                self.kept_step = step
+        except FileWriteError as error:
+            kept = (f"the checkpoint of step {self.kept_step}" if self.kept_step is not None
+                    else "no checkpoint of this run")
+            raise FileWriteError(f"{error}; the run stopped at step {step} and {self.out_dir} keeps {kept}",
+                                 error.errno) from None
+
+
+def _remove_leftovers(out_dir):
+    """Temporary files of writes a killed run never finished (only a dead run leaves them: we hold the lock)."""
+    for name in ("metrics.parquet", "checkpoint.pt"):
+        for leftover in out_dir.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+
+# AdamW's first step moves a weight by up to lr / (1 − β1) and decays it by lr · weight_decay, in float32
+_FLOAT32_STEP = 1e37
+
+
+def check_optimizer_range(lr, weight_decay, betas=(0.9, 0.95), name="lr"):
+    """ValueError naming ``name`` when AdamW's float32 step overflows: lr / (1 − β1) (the first step's size) or
+    lr · weight_decay (its decay) beyond 1e37 (lr = 1e300 is a finite Python float but not a float32 step)."""
+    if lr / (1 - betas[0]) > _FLOAT32_STEP or lr * weight_decay > _FLOAT32_STEP:
+        raise ValueError(f"{name}={lr!r} (with weight_decay={weight_decay!r}, betas={tuple(betas)!r}) overflows float32 "
+                         f"in AdamW's step: lr / (1 - β1) and lr · weight_decay must stay below {_FLOAT32_STEP:g}")
+
+
+def _check_fit_extras(model, seed, betas, eval_batch_size, callbacks, out_dir, lr, weight_decay):
+    """The arguments of `fit` that `FitConfig` does not hold, and the float32 range of the optimiser's step."""
+    if not (callable(model) and all(hasattr(model, name) for name in ("parameters", "named_parameters", "train"))):
+        raise ValueError(f"model: {type(model).__name__} is not a torch.nn.Module (model(inputs, labels=labels) -> "
+                         "{'loss': ...}, with parameters)")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed={seed!r} must be an integer >= 0")
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"betas={betas!r} must be a pair of numbers in [0, 1) (AdamW's β1, β2)")
+    check_optimizer_range(lr, weight_decay, betas)
+    if not isinstance(eval_batch_size, int) or isinstance(eval_batch_size, bool) or eval_batch_size < 1:
+        raise ValueError(f"eval_batch_size={eval_batch_size!r} must be an integer >= 1")
+    try:
+        items = None if isinstance(callbacks, (str, bytes)) else list(callbacks)
+    except TypeError:
+        items = None
+    if items is None or not all(callable(cb) for cb in items):
+        raise ValueError(f"callbacks={callbacks!r} must be a list of callables f(row) -> bool")
+    if out_dir is not None and not isinstance(out_dir, (str, Path)):
+        raise ValueError(f"out_dir={out_dir!r} must be None or a directory path")
 
 
 def fit(model, task, steps=1000, batch_size=32, lr=3e-3, weight_decay=0.1, warmup=None, min_lr=None, clip=1.0,
@@ -445,6 +515,7 @@ def fit(model, task, steps=1000, batch_size=32, lr=3e-3, weight_decay=0.1, warmu
                          max_time=max_time)
     if not hasattr(task, "batch"):
         raise ValueError(f"task: {type(task).__name__} has no batch(batch_size, step) method")
+    _check_fit_extras(model, seed, betas, eval_batch_size, callbacks, out_dir, lr, weight_decay)
     warmup = min(100, steps // 10) if warmup is None else warmup
     min_lr = lr / 10 if min_lr is None else min_lr
     evaluator = _evaluator(task, eval_batch_size)
@@ -458,6 +529,8 @@ def fit(model, task, steps=1000, batch_size=32, lr=3e-3, weight_decay=0.1, warmu
     fit_args = dict(settings.fit_kwargs(), warmup=warmup, min_lr=min_lr, eval_every=eval_every, seed=seed)
     try:
         with RunLock(out_dir) if out_dir is not None else contextlib.nullcontext():
+            if out_dir is not None:
+                _remove_leftovers(out_dir)
             torch.manual_seed(seed)
             model.train()
             rows, stopped = _loop(model, task, settings, warmup, min_lr, eval_every, checkpoint_every, evaluator,
@@ -492,7 +565,7 @@ def _loop(model, task, settings, warmup, min_lr, eval_every, checkpoint_every, e
             rows.append(row)
             outputs.write(rows, step - 1, reason=f"diverged at step {step}")
             raise TrainingDiverged(step, diverged.quantity, _suggestion(lr, clip), outputs.out_dir,
-                                   outputs.kept_step) from None
+                                   outputs.kept_step, outputs.earlier()) from None
         row["tokens_per_s"] = inputs.numel() / max(time.perf_counter() - t0, 1e-9)
         row["time_s"] = time.perf_counter() - start
         row["cpu_s"] = time.process_time() - cpu_start

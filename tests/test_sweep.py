@@ -6,16 +6,19 @@ The PostgreSQL test starts its own cluster (initdb / pg_ctl of Debian's `postgre
 run as root (the server refuses root), and removes it afterwards.
 """
 
+import contextlib
 import glob
 import json
 import math
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from itertools import product
@@ -303,3 +306,179 @@ def test_a_trial_taken_by_a_worker_that_died_before_starting_it_is_queued_again(
     assert trials[taken.number].state == TrialState.FAIL
     complete = [t for t in trials.values() if t.state == TrialState.COMPLETE]
     assert sorted(t.params["seed"] for t in complete) == [0, 1]
+
+
+# ------------------------------------------------------------------------------------ faults (issue 14)
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("fit", "clip", "-1.0", "fit.clip=-1.0"),
+    ("fit", "steps", '"many"', "fit.steps='many'"),
+    ("model", "d_model", "0", "d_model=0"),
+    ("model", "chunk_size", '"big"', "chunk_size='big'"),
+    ("task", "seq_len", "4", "seq_len=4"),
+    ("task", "eval_pairs", "3", "wrong type"),
+    ("spec", "p", "0.5", "p=0.5"),
+    ("fit", "lr", "1e300", "fit.lr=1e+300"),
+])
+def test_bad_fixed_values_are_refused_when_the_file_is_parsed(tmp_path, section, key, value, message):
+    """They were not checked at parse time: the worker died, and each re-run added a failed trial."""
+    text = TINY.format(name="bad", steps=2, seeds=[0], lrs=[1e-2])
+    header = f"[{section}]\n"
+    text = re.sub(rf"(?m)^{key} = .*\n", "", text).replace(header, f"{header}{key} = {value}\n")
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_sweep(path)
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".hidden", "x" * 101, "", "runs\\x", "spaces here"])
+def test_sweep_names_that_could_leave_runs_sweeps_are_refused(name):
+    """name = "../../x" wrote its database and parquet outside runs/sweeps."""
+    with pytest.raises(ValueError, match="name"):
+        parse_sweep({"name": name, "space": {"seed": [0]}})
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"optuna": {"grace_period": "30"}}, "optuna.grace_period"), ({"optuna": {"heartbeat_interval": 0}}, "heartbeat"),
+    ({"optuna": {"grace_period": 5, "heartbeat_interval": 10}}, "must exceed"), ({"task": [1]}, "[task]"),
+    ({"space": {"fit": [1]}}, "space.fit"), ({"space": {"fit": {"lr": {"low": "a", "high": 1}}}, "sampler": "random",
+                                             "n_trials": 2}, "space.lr"),
+    ({"seed": -1}, "seed=-1"), ({"seed": True}, "seed=True"), ({"space": {"seed": [0, 0]}}, "twice"),
+])
+def test_malformed_sweep_tables_are_value_errors(table, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_sweep({"name": "x", "space": {"seed": [0]}, **table})
+
+
+def test_a_missing_or_malformed_sweep_file_is_a_value_error_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_sweep(tmp_path / "absent.toml")
+    (tmp_path / "broken.toml").write_text("name = [")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_sweep(tmp_path / "broken.toml")
+
+
+@pytest.mark.slow
+def test_editing_the_fixed_settings_starts_new_trials_and_never_mixes_results(tmp_path):
+    """Editing [task] / [model] / [fit] silently mixed old and new results: the old trials counted as done."""
+    sweep = tiny_sweep(tmp_path, "edited", steps=2, seeds=(0,), lrs=(1e-2,))
+    storage = f"sqlite:///{tmp_path / 'edited.sqlite3'}"
+    assert prepare(sweep, storage)[1] == 1
+    work(sweep, storage)
+    path = tmp_path / "edited.toml"
+    path.write_text(path.read_text().replace("batch_size = 4", "batch_size = 8"))
+    edited = load_sweep(path)
+    assert edited.fixed_hash != sweep.fixed_hash and edited.plan == sweep.plan
+    assert prepare(edited, storage)[1] == 1  # the same parameters under new settings: a new trial
+    work(edited, storage)
+    assert prepare(edited, storage)[1] == 0
+    new, old = read_trials(storage, edited), read_trials(storage, sweep)
+    assert new.height == 1 and old.height == 1 and new["trial"][0] != old["trial"][0]
+    assert json.loads(new["settings"][0])["fit"]["batch_size"] == 8
+    assert json.loads(old["settings"][0])["fit"]["batch_size"] == 4
+    assert len(trials_of(sweep, storage)) == 2  # both kept in the study
+
+
+@pytest.mark.parametrize("url, message", [
+    ("mysql://user@host/db", "is not a supported storage URL"),
+    ("sqlite:/x.sqlite3", "is not a supported storage URL"),
+    ("sqlite:////nonexistent-dir/sub/x.sqlite3", "cannot open the study storage"),
+    ("postgresql://user:hunter2@127.0.0.1:{port}/db", "cannot open the study storage"),
+    ("postgresql+nodriver://user@127.0.0.1:{port}/db", "cannot open the study storage"),
+])
+def test_bad_storage_urls_and_unreachable_servers_are_one_line_value_errors(url, message):
+    """They gave tracebacks (sqlalchemy ArgumentError, OperationalError, NoSuchModuleError)."""
+    sweep = parse_sweep({"name": "x", "space": {"seed": [0]}})
+    url = url.format(port=_free_port())
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        prepare(sweep, url)
+    assert "--storage" in str(info.value) and "\n" not in str(info.value) and "hunter2" not in str(info.value)
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.slow
+def test_the_sweep_command_prints_one_error_line_for_a_bad_storage(tmp_path):
+    sweep = tiny_sweep(tmp_path, "cli_storage", steps=2, seeds=(0,), lrs=(1e-2,))
+    result = subprocess.run([sys.executable, "-m", "miras_lite", "sweep", str(sweep.path), "--storage",
+                             f"postgresql://user@127.0.0.1:{_free_port()}/db"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: --storage=" in result.stderr and "cannot open the study storage" in result.stderr
+
+
+def test_worker_liveness_is_decided_by_process():
+    from miras_lite.sweeps.storage import worker_alive, worker_identity
+
+    me = worker_identity()
+    assert me["pid"] == os.getpid() and worker_alive(me)
+    assert not worker_alive({**me, "start": (me["start"] or 0) + 1})  # the pid now belongs to a later process
+    assert worker_alive({**me, "host": "another-machine"})  # elsewhere: the heartbeat decides
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    while Path(f"/proc/{child.pid}/stat").exists() and Path(f"/proc/{child.pid}/stat").read_text().split()[2] != "Z":
+        time.sleep(0.01)
+    assert not worker_alive({**me, "pid": child.pid, "start": None})  # exited, not yet reaped: a zombie
+    child.wait()
+    assert not worker_alive({**me, "pid": child.pid, "start": None})  # gone
+
+
+def _has_trials(database):
+    """The coordinator has created the schema and queued its trials (reading earlier would race its CREATE TABLEs)."""
+    try:
+        with sqlite3.connect(database) as db:
+            return db.execute("SELECT count(*) FROM trials").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def _sweep_command(sweep, storage, out):
+    return [sys.executable, "-m", "miras_lite", "sweep", str(sweep.path), "--workers", "2", "--storage", storage,
+            "--out", str(out)]
+
+
+@pytest.mark.slow
+def test_an_immediate_rerun_after_a_sigkilled_sweep_retries_the_killed_trials(tmp_path):
+    """A re-run right after a SIGKILL of `sweep --workers 2` printed "12 trials (10 complete, 2 running)", exited 0,
+    did not retry the killed trials and wrote "running" rows: it only worked once grace_period had passed. Here
+    grace_period is 10 minutes, so only the workers' liveness by process can explain a retry."""
+    path = tmp_path / "killed_group.toml"
+    path.write_text(TINY.format(name="killed_group", steps=300, seeds=[0, 1, 2, 3], lrs=[1e-2])
+                    .replace("grace_period = 2", "grace_period = 600"))
+    sweep = load_sweep(path)
+    database, out = tmp_path / "killed_group.sqlite3", tmp_path / "trials.parquet"
+    storage = f"sqlite:///{database}"
+    coordinator = subprocess.Popen(_sweep_command(sweep, storage, out), cwd=ROOT, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # one trial finished, two running (started: their settings are recorded)
+            assert coordinator.poll() is None and time.monotonic() < deadline
+            trials = trials_of(sweep, storage) if _has_trials(database) else []
+            running = [t for t in trials if t.state == TrialState.RUNNING and "settings" in t.user_attrs]
+            if any(t.state == TrialState.COMPLETE for t in trials) and len(running) == 2:
+                break
+            time.sleep(0.05)
+        os.killpg(coordinator.pid, signal.SIGKILL)  # the coordinator and both workers
+        coordinator.wait(10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(coordinator.pid, signal.SIGKILL)
+    before = {t.number: t for t in trials_of(sweep, storage)}
+    killed = sorted(n for n, t in before.items() if t.state == TrialState.RUNNING and "settings" in t.user_attrs)
+    finished = {n for n, t in before.items() if t.state == TrialState.COMPLETE}
+    assert len(killed) == 2 and finished
+
+    rerun = subprocess.run(_sweep_command(sweep, storage, out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    frame = pl.read_parquet(out)
+    assert set(frame["status"]) == {"complete", "failed"}, frame.select("trial", "status", "reason")
+    assert "running" not in rerun.stdout and "2 failed" in rerun.stdout
+    complete = frame.filter(pl.col("status") == "complete")
+    assert sorted(complete["seed"].to_list()) == [0, 1, 2, 3]  # every configuration once
+    lost = frame.filter(pl.col("status") == "failed")
+    assert sorted(lost["trial"].to_list()) == killed and all("is gone" in r for r in lost["reason"])
+    assert sorted(frame.filter(pl.col("retry_of").is_not_null())["retry_of"].to_list()) == killed
+    after = {t.number: t for t in trials_of(sweep, storage)}
+    for n in finished:  # nothing finished was lost or run again
+        assert after[n].datetime_complete == before[n].datetime_complete

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import polars as pl
 
 from .config import load_sweep
 from .runner import run_sweep, work
-from .storage import default_storage
+from .storage import check_storage_url, default_storage, redact_url
 
 
 def _print_progress(done, total):
@@ -24,17 +25,33 @@ def _print_progress(done, total):
 
 
 def run(args):
+    """The sweep command. Bad input (the sweep file, --storage, --workers) raises ValueError (the caller prints it as
+    a usage error); a failed worker or Ctrl-C print one line and return 1 / 130."""
     sweep = load_sweep(args.sweep)
+    if args.storage is not None:
+        check_storage_url(args.storage)
     storage = args.storage or default_storage(sweep)
     if args.worker:
-        work(sweep, storage)
+        try:
+            work(sweep, storage)
+        except KeyboardInterrupt:
+            print(f"error: worker {os.getpid()} interrupted; its trial is queued again by the next run", file=sys.stderr)
+            return 130
         return 0
     out = Path(args.out or f"runs/sweeps/{sweep.name}.parquet")
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"# sweep {sweep.name}: {sweep.sampler}, {sweep.n_trials} configurations, {args.workers} worker(s), "
-          f"storage {storage}", flush=True)
+          f"storage {redact_url(storage)}", flush=True)
     start = time.perf_counter()
-    frame = run_sweep(sweep, storage, workers=args.workers, out=out, on_progress=_print_progress)
+    try:
+        frame = run_sweep(sweep, storage, workers=args.workers, out=out, on_progress=_print_progress)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nerror: interrupted; finished trials are kept in {redact_url(storage)}: run the same command again to "
+              "resume", file=sys.stderr)
+        return 130
     counts = ", ".join(f"{n} {s}" for s, n in frame.group_by("status").len().sort("status").iter_rows())
     print(f"# {frame.height} trials ({counts}) in {time.perf_counter() - start:.1f}s; wrote {out}")
     best = frame.filter(pl.col("status") == "complete").sort("recall", descending=True)

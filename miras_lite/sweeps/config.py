@@ -16,6 +16,10 @@ configuration is a `config.RunConfig`.
               name = [v1, v2, ...] (a categorical axis) or, for sampler = "random" only,
               name = {low = 1e-3, high = 3e-2, log = true} (integers when low and high are).
 
+The name must match `NAME_PATTERN` (letters, digits, "_", "-" and "."; it names files under runs/sweeps/, so
+no "/" or ".."). The fixed settings ([task], [model], [spec], [fit]) are hashed (`Sweep.fixed_hash`) into
+every trial's identity: editing them starts new trials instead of mixing old and new results.
+
 A trial's parameters are named as in their section (`bias`, `lr`, `d_model`, ...; a name may appear
 in one section only). A trial's seed (model initialisation, data, `fit`) is 0 unless [space] lists
 seeds. The plan is drawn with Optuna's `GridSampler` / `RandomSampler` seeded with `seed`, so every
@@ -26,7 +30,10 @@ a ValueError naming it, before any worker starts.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
@@ -37,9 +44,11 @@ import optuna
 
 from ..config import FitConfig, MirasLMConfig, MQARConfig, RunConfig
 from ..spec import MemorySpec
+from ..train import check_optimizer_range
 
 SAMPLERS = ("grid", "random")
 OPTUNA_DEFAULTS = {"heartbeat_interval": 10, "grace_period": 30, "max_retry": 2}
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def _fields(config):
@@ -69,6 +78,13 @@ class Sweep:
     section_of: dict
     optuna: dict
     path: Path | None = None
+
+    @cached_property
+    def fixed_hash(self):
+        """A short hash of the fixed settings (canonical JSON of [task], [model], [spec], [fit]): part of every
+        trial's identity in the study."""
+        text = json.dumps(self.fixed, sort_keys=True, separators=(",", ":"), default=repr)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @cached_property
     def plan(self):
@@ -128,25 +144,39 @@ def _draw_plan(sweep):
 # ------------------------------------------------------------------------------------ parsing
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_space(name, values, sampler):
     if isinstance(values, list):
         if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
             raise ValueError(f"space.{name}={values!r} must be a non-empty list of strings or numbers")
+        if len({json.dumps(v) for v in values}) != len(values):
+            raise ValueError(f"space.{name}={values!r} lists a value twice")
         return
     if sampler == "grid":
         raise ValueError(f"space.{name}={values!r}: sampler='grid' needs a list of values")
     if not (isinstance(values, dict) and {"low", "high"} <= set(values) <= {"low", "high", "log"}
-            and values["low"] < values["high"]):
-        raise ValueError(f"space.{name}={values!r} must be a list of values or {{low, high, log}} with low < high")
+            and _is_number(values["low"]) and _is_number(values["high"]) and values["low"] < values["high"]
+            and isinstance(values.get("log", False), bool)):
+        raise ValueError(f"space.{name}={values!r} must be a list of values or {{low, high, log}} with numbers "
+                         "low < high and log true or false")
+    if values.get("log") and values["low"] <= 0:
+        raise ValueError(f"space.{name}={values!r}: log = true needs low > 0")
 
 
 def _split_space(table, sampler):
     """[space] -> (parameter -> values, parameter -> section)."""
     space, section_of = {}, {}
+    if not isinstance(table, dict):
+        raise ValueError(f"[space] must be a table (e.g. [space.spec] bias = ['l2', 'lp']), not {table!r}")
     for key, value in table.items():
         entries = {key: value} if key == "seed" else value
         if key not in SECTION_KEYS and key != "seed":
             raise ValueError(f"space.{key}: unknown; allowed: seed, " + ", ".join(f"[space.{s}]" for s in SECTION_KEYS))
+        if not isinstance(entries, dict):
+            raise ValueError(f"space.{key}={value!r} must be a table of parameter = [values]")
         for name, values in entries.items():
             if key != "seed" and name not in SECTION_KEYS[key]:
                 raise ValueError(f"space.{key}.{name}: unknown; allowed: {', '.join(sorted(SECTION_KEYS[key]))}")
@@ -163,6 +193,8 @@ def _check_fixed(data):
     fixed = {}
     for section, allowed in SECTION_KEYS.items():
         values = data.get(section, {})
+        if not isinstance(values, dict):
+            raise ValueError(f"[{section}] must be a table of settings, not {values!r}")
         unknown = set(values) - allowed
         if unknown:
             raise ValueError(f"[{section}]: unknown key(s) {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
@@ -172,34 +204,67 @@ def _check_fixed(data):
 
 def parse_sweep(data, path=None):
     """A `Sweep` from the parsed TOML ``data`` (a dict); raises ValueError naming the bad entry."""
+    if not isinstance(data, dict):
+        raise ValueError(f"sweep: {type(data).__name__} must be a dict (a parsed TOML file)")
     allowed = {"name", "sampler", "seed", "n_trials", "space", "optuna", *SECTION_KEYS}
     unknown = set(data) - allowed
     if unknown:
         raise ValueError(f"unknown top-level key(s) {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
     if not isinstance(data.get("name"), str) or not data["name"]:
         raise ValueError("name: give the sweep a name (the Optuna study name), e.g. name = \"mqar_axes\"")
+    if not NAME_PATTERN.fullmatch(data["name"]) or ".." in data["name"]:
+        raise ValueError(f"name={data['name']!r} must be 1-100 letters, digits, '_', '-' or '.' starting with a letter "
+                         "or digit, without '..' (it names the files runs/sweeps/NAME.*)")
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed={seed!r} must be an integer in [0, 2**32) (the sampler's seed)")
     sampler = data.get("sampler", "grid")
-    if sampler not in SAMPLERS:
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
         raise ValueError(f"sampler={sampler!r} is not supported; allowed values: {', '.join(SAMPLERS)}")
     space, section_of = _split_space(data.get("space", {}), sampler)
     if sampler == "grid":
         n_trials = prod(len(v) for v in space.values())
     else:
         n_trials = data.get("n_trials")
-        if not isinstance(n_trials, int) or n_trials < 1:
+        if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
             raise ValueError(f"n_trials={n_trials!r}: sampler='random' needs an integer n_trials >= 1")
-    optuna_settings = {**OPTUNA_DEFAULTS, **data.get("optuna", {})}
-    if set(optuna_settings) != set(OPTUNA_DEFAULTS):
-        raise ValueError(f"[optuna]: allowed keys are {', '.join(OPTUNA_DEFAULTS)}")
-    sweep = Sweep(data["name"], sampler, data.get("seed", 0), n_trials, _check_fixed(data), space, section_of,
-                  optuna_settings, path)
+    optuna_settings = _check_optuna(data.get("optuna", {}))
+    sweep = Sweep(data["name"], sampler, seed, n_trials, _check_fixed(data), space, section_of, optuna_settings, path)
     for params in sweep.plan:
-        sweep.run_config(params)  # every planned configuration is valid, or this names what is not
+        try:
+            run = sweep.run_config(params)  # every planned configuration is valid, or this names what is not
+            check_optimizer_range(run.fit.lr, run.fit.weight_decay, name="fit.lr")  # what fit checks beyond FitConfig
+        except TypeError as error:  # a value of the wrong kind that a config does not check itself
+            raise ValueError(f"the configuration {params} has a value of the wrong type ({error}); check the types "
+                             "in [task], [model], [spec], [fit] and [space]") from None
     return sweep
 
 
+def _check_optuna(table):
+    if not isinstance(table, dict):
+        raise ValueError(f"[optuna] must be a table, not {table!r}")
+    settings = {**OPTUNA_DEFAULTS, **table}
+    if set(settings) != set(OPTUNA_DEFAULTS):
+        raise ValueError(f"[optuna]: unknown key(s) {sorted(set(settings) - set(OPTUNA_DEFAULTS))}; allowed keys are "
+                         f"{', '.join(OPTUNA_DEFAULTS)}")
+    for key, low in (("heartbeat_interval", 1), ("grace_period", 1), ("max_retry", 0)):
+        value = settings[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"optuna.{key}={value!r} must be an integer >= {low}")
+    if settings["grace_period"] <= settings["heartbeat_interval"]:
+        raise ValueError(f"optuna.grace_period={settings['grace_period']} must exceed optuna.heartbeat_interval="
+                         f"{settings['heartbeat_interval']} (a live worker's heartbeat is at most that old)")
+    return settings
+
+
 def load_sweep(path):
-    """Read a sweep TOML file -> `Sweep`."""
+    """Read a sweep TOML file -> `Sweep` (a missing or unreadable file, or bad TOML, is a ValueError naming it)."""
     path = Path(path)
-    with path.open("rb") as handle:
-        return parse_sweep(tomllib.load(handle), path.resolve())
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as error:
+        raise ValueError(f"sweep: {str(path)!r} cannot be read ({error.strerror or error})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"sweep: {str(path)!r} is not valid TOML ({error})") from None
+    return parse_sweep(data, path.resolve())

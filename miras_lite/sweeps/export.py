@@ -16,7 +16,7 @@ import optuna
 import polars as pl
 from optuna.trial import TrialState
 
-from .storage import rdb_storage
+from .storage import is_current, rdb_storage
 
 SPEC_AXES = ("preset", "memory", "bias", "retention", "optimizer")
 METRICS = ("recall", "final_loss", "train_s", "accuracy_by_pairs", "loss_curve")
@@ -37,7 +37,7 @@ def trial_status(trial):
 def _reason(trial):
     if trial_status(trial) == "diverged":
         return trial.user_attrs["reason"]
-    return LOST_WORKER if trial.state == TrialState.FAIL else None
+    return trial.user_attrs.get("lost", LOST_WORKER) if trial.state == TrialState.FAIL else None
 
 
 def trial_row(trial):
@@ -52,10 +52,12 @@ def trial_row(trial):
             "settings": json.dumps(settings) if settings else None}
 
 
-def trials_frame(study):
+def trials_frame(study, sweep=None):
     """The study's sweep trials as a polars frame (module docstring); trials without a queued
-    configuration (a worker that found the queue empty) are left out."""
-    rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if "config_key" in t.user_attrs]
+    configuration (a worker that found the queue empty) are left out, and so are, when ``sweep`` is given,
+    trials of other fixed settings (an earlier version of the sweep file, `storage.is_current`)."""
+    rows = [trial_row(t) for t in study.get_trials(deepcopy=False)
+            if "config_key" in t.user_attrs and (sweep is None or is_current(t, sweep))]
     return pl.DataFrame(rows, infer_schema_length=None).sort("trial") if rows else pl.DataFrame()
 
 
@@ -70,4 +72,8 @@ def read_trials(source, sweep=None):
         return pl.read_parquet(Path(source))
     if sweep is None:
         raise ValueError(f"source={source!r} is a storage URL: give the sweep (its name is the study name)")
-    return trials_frame(optuna.load_study(study_name=sweep.name, storage=rdb_storage(sweep, source)))
+    try:
+        study = optuna.load_study(study_name=sweep.name, storage=rdb_storage(sweep, source))
+    except KeyError:
+        raise ValueError(f"source={source!r} holds no study named {sweep.name!r}") from None
+    return trials_frame(study, sweep)

@@ -16,6 +16,7 @@ import optuna
 from ..tasks.mqar import MQAR
 from ..train import TrainingDiverged
 from .config import config_key, suggest
+from .storage import worker_identity
 
 
 def train_trial(run):
@@ -46,10 +47,13 @@ def objective(sweep):
     def run(trial):
         if "config_key" not in trial.user_attrs:
             raise QueueEmpty("no queued configuration left")
+        trial.set_user_attr("worker", worker_identity())  # first: a coordinator can now tell if this process dies
         params = suggest(trial, sweep.space)
-        if config_key(params) != trial.user_attrs["config_key"]:
-            raise ValueError(f"trial {trial.number}: its parameters {params} are not the queued configuration "
-                             f"{trial.user_attrs['config_key']} (was the sweep file changed under a running study?)")
+        if config_key(params) != trial.user_attrs["config_key"] or trial.user_attrs.get("fixed") != sweep.fixed_hash:
+            raise ValueError(f"trial {trial.number}: its configuration {trial.user_attrs['config_key']} (fixed settings "
+                             f"{trial.user_attrs.get('fixed')}) is not this worker's {config_key(params)} (fixed "
+                             f"settings {sweep.fixed_hash}): the sweep file changed while the study ran; run the "
+                             "sweep command again to queue the configurations of the current file")
         trial.set_user_attr("settings", sweep.settings(params))
         try:
             result = train_trial(sweep.run_config(params))

@@ -1,8 +1,13 @@
 """Running a sweep: queue the missing configurations, start worker processes, watch, export.
 
-`run_sweep` is the coordinator: it queues every planned configuration without a settled trial
-(`storage.queue_missing`, so a re-run skips the finished ones), starts ``workers`` processes
-``python -m miras_lite.sweeps SWEEP.toml --worker --storage URL`` and reports progress until they exit.
+`run_sweep` is the coordinator: it fails the trials of lost workers (a worker process on this machine that
+is gone is seen at once; one elsewhere by its stale heartbeat) and queues every planned configuration
+without a settled trial (`storage.queue_missing`, so a re-run skips the finished ones and retries the
+killed ones), starts ``workers`` processes ``python -m miras_lite.sweeps SWEEP.toml --worker --storage URL``
+and reports progress. While it waits it keeps checking its workers: a trial whose worker died is failed and
+queued again for the live workers. It returns once no trial of the sweep is queued or running (workers
+started again for retries queued after its workers finished); if one of its workers exited with an error,
+it raises RuntimeError (finished trials are kept: run it again to resume).
 Each worker (`work`) runs on one torch thread and takes queued trials until the queue is empty;
 workers on other machines can join by running the same command against a shared PostgreSQL URL.
 """
@@ -18,10 +23,11 @@ import torch
 from optuna.exceptions import ExperimentalWarning
 
 from ..checks import check_int
+from ..files import atomic_write
 from ..train import TrainingDiverged
 from .export import trial_status, trials_frame
 from .objective import objective
-from .storage import default_storage, open_study, progress, queue_missing, queued
+from .storage import default_storage, fail_lost, open_study, progress, queue_missing, queued, redact_url, running
 
 
 def prepare(sweep, storage=None):
@@ -61,28 +67,50 @@ def worker_command(sweep, storage):
     return [sys.executable, "-m", "miras_lite.sweeps", str(sweep.path), "--worker", "--storage", storage]
 
 
+def _start(sweep, storage, count):
+    return [subprocess.Popen(worker_command(sweep, storage)) for _ in range(count)]
+
+
 def run_sweep(sweep, storage=None, workers=1, out=None, on_progress=None, poll_s=1.0):
     """Run ``sweep`` with ``workers`` processes; returns the trials frame (`export.trials_frame`), also
     written to ``out`` (parquet) when given. ``on_progress(done, total)`` is called as trials finish."""
     check_int("workers", workers)
     storage = storage or default_storage(sweep)
     study, _ = prepare(sweep, storage)
-    processes = [subprocess.Popen(worker_command(sweep, storage)) for _ in range(workers if queued(study) else 0)]
+    processes = _start(sweep, storage, min(workers, queued(study, sweep)))
     last = None
-    while True:
-        running = any(p.poll() is None for p in processes)
-        state = progress(study, sweep)
-        if on_progress is not None and state != last:
-            on_progress(*state)
-        last = state
-        if not running:
-            break
-        time.sleep(poll_s)
-    failed = [p.returncode for p in processes if p.returncode != 0]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {workers} sweep workers exited with an error (exit codes {failed}); "
-                           f"finished trials are kept in {storage}: run the sweep again to resume")
-    frame = trials_frame(study)
+    try:
+        while True:
+            fail_lost(study, sweep)  # a dead worker's trial is queued again at once, for the live workers
+            if not any(p.poll() is None for p in processes):
+                failed = [p.returncode for p in processes if p.returncode != 0]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} of {len(processes)} sweep workers exited with an error (exit "
+                                       f"codes {failed}); finished trials are kept in {redact_url(storage)}: run the sweep again "
+                                       "to resume")
+                if queued(study, sweep):  # retries queued after the workers had found the queue empty
+                    processes = _start(sweep, storage, min(workers, queued(study, sweep)))
+                elif not running(study, sweep):  # nothing left, here or in workers elsewhere
+                    break
+            state = progress(study, sweep)
+            if on_progress is not None and state != last:
+                on_progress(*state)
+            last = state
+            time.sleep(poll_s)
+    except BaseException:  # KeyboardInterrupt, or the error above: do not leave workers behind
+        for p in processes:
+            if p.poll() is None:
+                p.terminate()
+        for p in processes:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        raise
+    state = progress(study, sweep)
+    if on_progress is not None and state != last:
+        on_progress(*state)
+    frame = trials_frame(study, sweep)
     if out is not None:
-        frame.write_parquet(out)
+        atomic_write(out, frame.write_parquet)
     return frame

@@ -40,6 +40,7 @@ import polars as pl
 import torch
 
 from ..checks import check_int
+from ._checks import check_seed
 from .mqar import IGNORE, predictions_at_labels
 
 __all__ = ["TASKS", "PEOPLE", "PLACES", "OBJECTS", "WordTokenizer", "GeneratedFiller", "TextFiller", "BabiLongSample",
@@ -213,6 +214,10 @@ _TOKENIZERS = {}
 def _resolve_tokenizer(tokenizer, filler):
     """The given tokenizer, or the default vocabulary extended by the filler's words (cached per filler)."""
     if tokenizer is not None:
+        if isinstance(tokenizer, (str, bytes)) or not all(
+                hasattr(tokenizer, name) for name in ("encode", "token_to_id", "pad_id", "q_id", "ans_id")):
+            raise ValueError(f"tokenizer={tokenizer!r} must be None (the default vocabulary extended by the filler's "
+                             "words) or a WordTokenizer")
         return tokenizer
     key = id(filler)
     if key not in _TOKENIZERS:
@@ -376,7 +381,7 @@ def _question_ids(tokenizer, question):
 
 
 def check_task(task, context_length):
-    if task not in TASKS:
+    if not isinstance(task, str) or task not in TASKS:
         raise ValueError(f"task={task!r} is not supported; allowed values: {', '.join(map(repr, TASKS))}")
     check_int("context_length", context_length, minimum=0)
 
@@ -389,6 +394,7 @@ def babilong_sample(task="qa1", context_length=1000, seed=0, filler=None, tokeni
     default vocabulary extended by the filler's words.
     """
     check_task(task, context_length)
+    check_seed(seed, allow_sequence=True, limit=2**63)
     filler = _resolve_filler(filler)
     tok = _resolve_tokenizer(tokenizer, filler)
     entropy = [int(s) for s in (seed if isinstance(seed, (tuple, list)) else (seed,))]
@@ -444,6 +450,7 @@ def babilong_batch(task, context_length, batch_size, seed=0, filler=None, tokeni
     inputs = context + question, left-padded with <pad> when the lengths differ (only when context_length
     is shorter than some story); the answer is due at the last position."""
     check_int("batch_size", batch_size)
+    check_seed(seed, allow_sequence=True, limit=2**63)
     seeds = seed if isinstance(seed, (tuple, list)) else (seed,)
     samples = [babilong_sample(task, context_length, (*seeds, i), filler, tokenizer) for i in range(batch_size)]
     return _stack(samples, samples[0].tokenizer.pad_id)
@@ -464,7 +471,9 @@ class BabiLong:
     def __init__(self, task="qa1", context_length=512, filler=None, tokenizer=None, test_examples=200, seed=0,
                  questions="one"):
         check_task(task, context_length)
-        if questions not in ("one", "all"):
+        check_seed(seed)
+        check_int("test_examples", test_examples)
+        if not isinstance(questions, str) or questions not in ("one", "all"):
             raise ValueError(f"questions={questions!r} is not supported; allowed values: 'one', 'all'")
         self.task, self.context_length, self.seed, self.test_examples = task, context_length, seed, test_examples
         self.questions = questions
@@ -521,6 +530,14 @@ def babilong_accuracy(model, task="qa1", context_lengths=(1024, 4096), num_sampl
     """Streamed accuracy vs context length: for each length, `num_samples` samples (the same stories at
     every length) fed as model.stream(sample.segments(segment_size), sample.question_ids) -> answer logits
     -> polars DataFrame(context_length, accuracy, samples, tokens_per_s)."""
+    if not hasattr(model, "stream"):
+        raise ValueError(f"model={type(model).__name__} has no .stream(segments, question_ids) (use an ARMT)")
+    if not isinstance(context_lengths, (list, tuple)) or not context_lengths:
+        raise ValueError(f"context_lengths={context_lengths!r} must be a non-empty list of integers >= 0")
+    for length in context_lengths:
+        check_int("context_lengths", length, 0)
+    check_int("num_samples", num_samples)
+    check_int("segment_size", segment_size)
     bench = BabiLong(task, 0, filler, tokenizer, seed=seed)
     rows = []
     for length in context_lengths:

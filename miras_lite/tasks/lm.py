@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..checks import check_int
+from ._checks import check_number, check_path, check_seed
 from .babilong import DATA_DIR, WordTokenizer, load_data_module
 
 __all__ = ["LanguageModeling", "DEFAULT_CORPUS", "LEVELS"]
@@ -43,12 +44,15 @@ class LanguageModeling:
 
     def __init__(self, path=None, level="char", seq_len=128, test_fraction=0.1, max_vocab=None, test_windows=256,
                  seed=0):
-        if level not in LEVELS:
+        if not isinstance(level, str) or level not in LEVELS:
             raise ValueError(f"level={level!r} is not supported; allowed values: {', '.join(map(repr, LEVELS))}")
+        check_path("path", path)
         check_int("seq_len", seq_len, 1)
         check_int("test_windows", test_windows, 1)
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction={test_fraction!r} must be in (0, 1)")
+        check_number("test_fraction", test_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        if max_vocab is not None:
+            check_int("max_vocab", max_vocab, 0)
+        check_seed(seed)
         self.level, self.seq_len, self.seed, self.test_windows = level, seq_len, seed, test_windows
         text = _read(path)
         if level == "char":

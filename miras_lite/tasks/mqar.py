@@ -31,6 +31,7 @@ import torch
 from ..labels import IGNORE_INDEX
 
 from ..checks import check_int
+from ._checks import check_seed
 
 IGNORE = IGNORE_INDEX  # the label of a position that is not scored
 
@@ -59,8 +60,10 @@ def check_shape(vocab_size, seq_len, num_kv_pairs):
 
 def gap_distribution(num_slots: int, power_a: float) -> torch.Tensor:
     """p(g) ∝ a·(g+1)^(a−1) for g = 0 .. num_slots−1, as float64 (sums to 1)."""
-    if not (isinstance(power_a, (int, float)) and power_a > 0):
-        raise ValueError(f"power_a={power_a!r} must be a number > 0 (1 is uniform, 0.01 is Zoology's default)")
+    check_int("num_slots", num_slots, 1)
+    if not (isinstance(power_a, (int, float)) and not isinstance(power_a, bool) and math.isfinite(power_a)
+            and power_a > 0):
+        raise ValueError(f"power_a={power_a!r} must be a finite number > 0 (1 is uniform, 0.01 is Zoology's default)")
     i = torch.arange(1, num_slots + 1, dtype=torch.float64)
     p = power_a * i ** (power_a - 1)
     return p / p.sum()
@@ -94,6 +97,10 @@ def mqar(vocab_size, seq_len, num_kv_pairs, num_examples, power_a=0.01, random_n
     """
     check_shape(vocab_size, seq_len, num_kv_pairs)
     check_int("num_examples", num_examples, 0)
+    check_seed(seed, limit=2**63)  # MQAR derives its seeds from its own (< 2³¹)
+    if not isinstance(random_non_queries, bool):
+        raise ValueError(f"random_non_queries={random_non_queries!r} must be True or False")
+    gap_distribution(1, power_a)  # checks power_a
     N, L, D, V = num_examples, seq_len, num_kv_pairs, vocab_size
     gen = torch.Generator().manual_seed(int(seed))
     keys = _distinct(N, 1, V // 2, D, gen)
@@ -138,9 +145,18 @@ class MQAR:
 
     def __init__(self, vocab_size=8192, seq_len=256, num_kv_pairs=16, power_a=0.01, random_non_queries=True,
                  train_examples=100_000, test_examples=1_000, seed=0):
-        self.pairs = (num_kv_pairs,) if isinstance(num_kv_pairs, int) else tuple(num_kv_pairs)
+        if isinstance(num_kv_pairs, (tuple, list)):
+            self.pairs = tuple(num_kv_pairs)
+        elif isinstance(num_kv_pairs, int) and not isinstance(num_kv_pairs, bool):
+            self.pairs = (num_kv_pairs,)
+        else:
+            self.pairs = ()
         if not self.pairs:
-            raise ValueError("num_kv_pairs must be an int >= 1 or a non-empty sequence of them")
+            raise ValueError(f"num_kv_pairs={num_kv_pairs!r} must be an int >= 1 or a non-empty sequence of them")
+        check_seed(seed)
+        if not isinstance(random_non_queries, bool):
+            raise ValueError(f"random_non_queries={random_non_queries!r} must be True or False")
+        gap_distribution(1, power_a)  # checks power_a
         for d in self.pairs:
             check_shape(vocab_size, seq_len, d)
         if train_examples is not None:

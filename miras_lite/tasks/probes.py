@@ -21,6 +21,7 @@ N(0, I/Dv) (norm ≈ 1).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,8 +29,9 @@ import polars as pl
 import torch
 
 from ..scan import memory_scan, read_memory
-from ..presets import preset
+from ..presets import as_spec
 from ..spec import MemorySpec
+from ._checks import check_seed
 
 __all__ = ["KVStream", "kv_stream", "probe_recall", "capacity_curve", "forgetting_curve"]
 
@@ -65,12 +67,20 @@ class KVStream:
 
 
 def _check(name, value, lo, hi=None, integer=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= lo and (hi is None or value <= hi)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= lo
+          and (hi is None or value <= hi))
     if integer:
         ok = ok and isinstance(value, int)
     if not ok:
         kind = "an integer" if integer else "a number"
         raise ValueError(f"{name}={value!r} must be {kind} in [{lo}, {'∞' if hi is None else hi}]")
+
+
+def _check_list(name, values, lo=1):
+    """A non-empty list or tuple of integers >= lo."""
+    if not isinstance(values, (list, tuple)) or not values or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= lo for v in values):
+        raise ValueError(f"{name}={values!r} must be a non-empty list of integers >= {lo}")
 
 
 def _unit_keys(n, dim, mode, gen):
@@ -97,7 +107,8 @@ def kv_stream(num_pairs, key_dim, value_dim, rewrite_fraction=0.0, value_noise=0
     _check("outlier_fraction", outlier_fraction, 0.0, 1.0)
     _check("value_noise", value_noise, 0.0)
     _check("outlier_scale", outlier_scale, 0.0)
-    if keys not in KEY_MODES:
+    check_seed(seed)
+    if not isinstance(keys, str) or keys not in KEY_MODES:
         raise ValueError(f"keys={keys!r} is not supported; allowed values: {', '.join(map(repr, KEY_MODES))}")
     n = num_pairs
     n_rewrite, n_outlier = round(rewrite_fraction * n), round(outlier_fraction * n)
@@ -130,7 +141,7 @@ def kv_stream(num_pairs, key_dim, value_dim, rewrite_fraction=0.0, value_noise=0
 
 def _spec(spec):
     if isinstance(spec, str):
-        return preset(spec)
+        return as_spec(spec)
     if not isinstance(spec, MemorySpec):
         raise ValueError(f"spec={spec!r} must be a MemorySpec or a preset name")
     return spec
@@ -144,6 +155,9 @@ def probe_recall(spec, stream, eta=1.0, alpha=1.0, theta=None, chunk_size=None, 
     theta=None means θ = 0 for momentum specs (plain gradient steps). MLP memory needs key_dim == value_dim.
     """
     spec = _spec(spec)
+    if not isinstance(stream, KVStream):
+        raise ValueError(f"stream={type(stream).__name__} must be a KVStream (from kv_stream)")
+    _check("threshold", threshold, 0.0)
     if spec.optimizer == "momentum" and theta is None:
         theta = 0.0
     _, state = memory_scan(stream.keys, stream.keys, stream.values, eta=eta, alpha=alpha, theta=theta,
@@ -161,6 +175,8 @@ def capacity_curve(spec, num_pairs_list, key_dim=32, value_dim=32, eta=1.0, alph
                    threshold=0.5, seeds=(0,), **stream_kwargs):
     """Recall vs load: for each N in num_pairs_list and each seed, a stream of N tokens ->
     polars DataFrame(num_pairs, seed, accuracy, mean_error), accuracy = fraction of keys recalled."""
+    _check_list("num_pairs_list", num_pairs_list)
+    _check_list("seeds", seeds, 0)
     rows = []
     for n in num_pairs_list:
         for seed in seeds:
@@ -175,6 +191,9 @@ def forgetting_curve(spec, num_pairs=256, key_dim=32, value_dim=32, eta=1.0, alp
                      threshold=0.5, bins=8, seeds=(0,), **stream_kwargs):
     """Recall vs age in one long stream: keys grouped into `bins` equal-width age bins ->
     polars DataFrame(age_lo, age_hi, accuracy, mean_error, count), age in tokens since the last clean write."""
+    _check("num_pairs", num_pairs, 1, integer=True)
+    _check("bins", bins, 1, integer=True)
+    _check_list("seeds", seeds, 0)
     frames = [probe_recall(spec, kv_stream(num_pairs, key_dim, value_dim, seed=s, **stream_kwargs), eta, alpha,
                            theta, chunk_size, threshold) for s in seeds]
     frame = pl.concat(frames)
