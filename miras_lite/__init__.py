@@ -5,7 +5,7 @@
     o, state = ml.memory_scan(q, k, v, eta=eta, alpha=alpha, spec=spec)
 """
 
-from .checkpoint import load, save
+from .checkpoint import CheckpointError, load, save
 from .layers import AttentionLayer, MirasLayer
 from .memory import mlp_initial_state
 from .models import ARMT, MirasLM
@@ -15,7 +15,7 @@ from .spec import MemorySpec
 from .train import TrainingDiverged, fit
 
 __all__ = [
-    "ARMT", "AttentionLayer", "MemorySpec", "MemoryState", "MirasLM", "MirasLayer", "PRESETS", "Preset",
+    "ARMT", "AttentionLayer", "CheckpointError", "MemorySpec", "MemoryState", "MirasLM", "MirasLayer", "PRESETS", "Preset",
     "TrainingDiverged", "fit", "load", "memory_scan", "mlp_initial_state", "named_preset", "preset", "read_memory",
     "save",
 ]

@@ -18,6 +18,7 @@ Held-out scores always refer to the run's own task.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .checks import check_int
+from .files import RunLock, atomic_write_text
 from .presets import resolve
 
 
@@ -95,6 +97,8 @@ class MQARConfig(_Config):
         pairs = self.num_kv_pairs if isinstance(self.num_kv_pairs, (tuple, list)) else (self.num_kv_pairs,)
         object.__setattr__(self, "num_kv_pairs", tuple(pairs) if len(pairs) > 1 else pairs[0] if pairs else ())
         if self.eval_pairs is not None:
+            if not isinstance(self.eval_pairs, (tuple, list)) or not self.eval_pairs:
+                _fail("task", "eval_pairs", self.eval_pairs, "must be None or a non-empty list of pair counts")
             object.__setattr__(self, "eval_pairs", tuple(self.eval_pairs))
         for d in (*pairs, *(self.eval_pairs or ())):
             _task_error(check_shape, self.vocab_size, self.seq_len, d)
@@ -258,6 +262,9 @@ class FitConfig(_Config):
         _number("fit", "checkpoint_every", self.checkpoint_every, 1, allow_none=True, integer=True)
         _number("fit", "max_time", self.max_time, 0, low_open=True, allow_none=True)
         _number("fit", "target", self.target, 0, 1, allow_none=True)
+        from .train import check_optimizer_range
+
+        check_optimizer_range(self.lr, self.weight_decay, name="fit.lr")
 
     def fit_kwargs(self):
         """The keyword arguments of `fit` (``target`` becomes an early-stop callback of `RunConfig.train`)."""
@@ -368,7 +375,7 @@ class RunConfig(_Config):
         return cls(**data)
 
     def write(self, path):
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     def train(self, out_dir=None, callbacks=(), cancel=None, verbose=False):
         """Build the task and the model, train with `fit`, return (model, metrics). With `out_dir`, run.json
@@ -384,15 +391,15 @@ class RunConfig(_Config):
             callbacks.append(advance_when(task, self.advance_below))
         if self.fit.target is not None:
             callbacks.append(early_stop("eval_accuracy", self.fit.target))
-        if out_dir is not None:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            self.write(Path(out_dir) / "run.json")
         threads = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
         try:
-            metrics = fit(model, task, seed=self.seed, callbacks=callbacks, cancel=cancel, out_dir=out_dir,
-                          verbose=verbose, **self.fit.fit_kwargs())
+            with RunLock(out_dir) if out_dir is not None else contextlib.nullcontext():
+                if out_dir is not None:  # under the lock: a run in use is refused before anything is written
+                    self.write(Path(out_dir) / "run.json")
+                metrics = fit(model, task, seed=self.seed, callbacks=callbacks, cancel=cancel, out_dir=out_dir,
+                              verbose=verbose, **self.fit.fit_kwargs())
         finally:
             torch.set_num_threads(threads)
         return model, metrics

@@ -58,6 +58,15 @@ def _reason(error):
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def _create_mode():
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_CREATE_MODE = _create_mode()
+
+
 def atomic_write(path, write):
     """Write `path` through `write(tmp_path)` and an atomic rename; returns the path. A failed write raises
     `FileWriteError` naming `path` (other errors of `write` propagate as they are)."""
@@ -72,6 +81,7 @@ def atomic_write(path, write):
         write(tmp)
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
+        os.chmod(tmp, _CREATE_MODE)  # mkstemp's private 0600: give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException as error:
         Path(tmp).unlink(missing_ok=True)

@@ -34,9 +34,14 @@ def _abs_power(A, q):
 
 
 def lq_scale(spec, A):
-    """1 / max(‖A‖_q, ε)^{q−2} over the last two axes, kept as [..., 1]: lq's N(A) = lq_scale(A) · A."""
-    power_sum = _abs_power(A, spec.q).sum((-2, -1)).unsqueeze(-1)
-    q_norm = power_sum.clamp_min(torch.finfo(A.dtype).tiny).pow(1.0 / spec.q).clamp_min(spec.eps)
+    """1 / max(‖A‖_q, ε)^{q−2} over the last two axes, kept as [..., 1]: lq's N(A) = lq_scale(A) · A.
+
+    ‖A‖_q = m (Σ (|A|/m)^q)^{1/q} with m = max |A| (held constant: m cancels, so the gradient is exact), so
+    Σ |A|^q cannot overflow float32 however large A grows."""
+    tiny = torch.finfo(A.dtype).tiny
+    m = A.detach().abs().amax((-2, -1), keepdim=True).clamp_min(tiny)
+    power_sum = _abs_power(A / m, spec.q).sum((-2, -1)).unsqueeze(-1)
+    q_norm = (m.squeeze(-1) * power_sum.clamp_min(tiny).pow(1.0 / spec.q)).clamp_min(spec.eps)
     return q_norm.pow(2.0 - spec.q)
 
 

@@ -181,16 +181,18 @@ def recall_errors(spec, stream, eta, theta=None):
     one batched `memory_scan` -> [B, U].
     """
     B, T = eta.shape[0], stream.num_tokens
-    keys, values = stream.keys.expand(B, -1, -1, -1), stream.values.expand(B, -1, -1, -1)
+    # float64: a diverging memory grows for a long while before float32 would overflow, and the map shows it
+    keys, values = (x.double().expand(B, -1, -1, -1) for x in (stream.keys, stream.values))
 
     def per_token(rate):
-        return None if rate is None else rate.view(B, 1, 1).expand(B, T, 1)
+        return None if rate is None else rate.double().view(B, 1, 1).expand(B, T, 1)
 
     with torch.no_grad():
         _, state = ml.memory_scan(keys, keys, values, eta=per_token(eta), alpha=1.0, theta=per_token(theta),
                                   spec=spec)
-        recalled = ml.read_memory(spec, state.W, stream.target_keys.expand(B, -1, -1, -1))
-    return ((recalled - stream.targets).norm(dim=-1) / stream.targets.norm(dim=-1))[..., 0]
+        recalled = ml.read_memory(spec, state.W, stream.target_keys.double().expand(B, -1, -1, -1))
+    targets = stream.targets.double()
+    return ((recalled - targets).norm(dim=-1) / targets.norm(dim=-1))[..., 0]
 
 
 @app.function

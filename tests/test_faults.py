@@ -273,15 +273,12 @@ def test_fuzzed_tasks_models_and_configs_raise_value_errors_naming_the_argument(
     fn, base = TARGETS[target]
     name = data.draw(st.sampled_from(_parameters(fn)))
     value = data.draw(SMALL_JUNK)
-    assume(not (target == "MirasLM" and name == "miras_kwargs" and isinstance(value, dict)))  # the xfail below
     try:
         fn(**{**base, name: value})
     except ValueError as error:
         assert names_an_argument(str(error), (name, *ALIASES.get((target, name), ()))), (target, name, value, error)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="models/miras_lm.py passes miras_kwargs to MirasLayer "
-                   "unchecked (not a file of the fault fix): an unknown key is a TypeError")
 def test_miras_lm_refuses_unknown_layer_arguments_with_a_value_error():
     with pytest.raises(ValueError, match="miras_kwargs"):
         MirasLM(16, d_model=8, n_layers=1, num_heads=1, miras_kwargs={"bogus": 1})

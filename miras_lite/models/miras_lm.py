@@ -11,6 +11,8 @@ alternate: `MirasLayer` at even indices 0, 2, ..., sliding-window attention at o
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..layers import AttentionLayer, MirasLayer
@@ -66,6 +68,10 @@ class MirasLM(TokenLM):
         if miras_kwargs is not None and not isinstance(miras_kwargs, dict):
             raise ValueError(f"miras_kwargs={miras_kwargs!r} must be None or a dict of MirasLayer arguments")
         miras_kwargs = dict(miras_kwargs or {})
+        layer_arguments = set(inspect.signature(MirasLayer).parameters) - {"d_model", "num_heads", "spec", "chunk_size"}
+        if unknown := set(miras_kwargs) - layer_arguments:
+            raise ValueError(f"miras_kwargs: unknown MirasLayer argument(s) {sorted(unknown)}; allowed: "
+                             f"{', '.join(sorted(layer_arguments))}")
         spec, named = resolve(spec)
         if named is not None and mixer in ("miras", "hybrid"):
             for key, value in named.layer_options().items():  # stored in .config, so a rebuilt model matches
