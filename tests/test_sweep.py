@@ -317,7 +317,7 @@ def test_a_trial_taken_by_a_worker_that_died_before_starting_it_is_queued_again(
     ("model", "d_model", "0", "d_model=0"),
     ("model", "chunk_size", '"big"', "chunk_size='big'"),
     ("task", "seq_len", "4", "seq_len=4"),
-    ("task", "eval_pairs", "3", "wrong type"),
+    ("task", "eval_pairs", "3", "task.eval_pairs=3"),
     ("spec", "p", "0.5", "p=0.5"),
     ("fit", "lr", "1e300", "fit.lr=1e+300"),
 ])
