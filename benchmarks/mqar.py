@@ -138,8 +138,9 @@ def _recipe(spec, switch, advance_below=None, num_heads=1, chunk_size="auto", et
 RECIPES = {
     "gated_deltanet": (_recipe("gated_deltanet", switch=1000, advance_below=1.0, chunk_size=None), 180.0),
     "lp+lq": (_recipe({"bias": "lp", "retention": "lq"}, switch=600, chunk_size=8, eta_max=1.0, steps=1300), 300.0),
-    **{name: (_recipe(name, switch=1500, advance_below=1.0, chunk_size=16, eta_max=ml.named_preset(name).recommended.eta_max,
-                      steps=3000, target=0.9), 600.0) for name in FLAGSHIPS},
+    # the flagships with their preset's inner rate and learning rate, in chunks of 32 tokens
+    **{name: (_recipe(name, switch=1500, advance_below=1.0, chunk_size=32, eta_max=ml.named_preset(name).recommended.eta_max,
+                      lr=ml.named_preset(name).recommended.lr, steps=3000, target=0.9), 600.0) for name in FLAGSHIPS},
 }
 
 
