@@ -2,7 +2,7 @@
 #   make app   build .venv if needed, then open the notebooks as an app (marimo run notebooks/ through
 #              miras_lite.app: a random token, printed in the URL, and refusal of other sites' origins)
 #   make test  build .venv if needed, install Debian's Chromium and PostgreSQL if missing, then run the test suite
-# The environment is (re)installed whenever requirements.txt is newer than the stamp file.
+# The environment is (re)installed whenever requirements.txt or pyproject.toml is newer than the stamp file.
 
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
@@ -44,6 +44,6 @@ $(PG_INITDB):
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): requirements.txt | $(PY)
+$(STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install -r requirements.txt
 	touch $(STAMP)

@@ -190,7 +190,7 @@ def _(timings):
 @app.cell(hide_code=True)
 def _():
     recorded = (Path(mo.notebook_dir()).parent / "kernels" / "README.md").read_text()
-    mo.md("## Recorded results\n\n" + recorded.split("## Measured", 1)[-1])
+    mo.md("## What has been measured\n\n" + recorded.split("## Measured", 1)[-1])
     return
 
 
