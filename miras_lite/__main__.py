@@ -30,6 +30,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+import polars as pl
 import torch
 
 from . import checkpoint
@@ -278,28 +279,33 @@ def run_eval(args):
         return 1
     task = _run_task(path, args.task)
     print(f"# {path}: {type(model).__name__}, step {(extra or {}).get('step')}")
+    tables = {}
     if task.name == "mqar":
         task = task.replace(**{k: getattr(args, k) for k in ("vocab_size", "seq_len") if getattr(args, k) is not None})
-        for title, frame in _mqar_eval(model, task, args.pairs, args.test_examples, args.by_distance).items():
-            print(f"# {title}")
-            print_frame(frame)
+        tables = _mqar_eval(model, task, args.pairs, args.test_examples, args.by_distance)
     elif task.name == "babilong":
         from .tasks.babilong import babilong_accuracy
 
         built = task.build(0)
-        print(f"accuracy {built.evaluate(model)['accuracy']:.4f} ({task.task}, context length "
-              f"{task.context_length}, {task.test_examples} held-out samples)")
+        tables["held-out accuracy"] = pl.DataFrame({
+            "task": [task.task], "context_length": [task.context_length], "samples": [task.test_examples],
+            "accuracy": [built.evaluate(model)["accuracy"]]})
         if args.lengths:
             if not hasattr(model, "stream"):
                 raise ValueError("--lengths needs a model with .stream (ARMT)")
-            frame = babilong_accuracy(model, task.task, args.lengths, num_samples=args.samples,
-                                      segment_size=model.segment_size, filler=task.filler)
-            print("# streamed accuracy vs context length")
-            print_frame(frame)
+            tables["streamed accuracy vs context length"] = babilong_accuracy(
+                model, task.task, args.lengths, num_samples=args.samples, segment_size=model.segment_size,
+                filler=task.filler)
     else:
         built = task.build(0)
-        result = {**evaluate(model, *built.test_set()), **built.evaluate(model)}
-        print("  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        tables["held-out scores"] = pl.DataFrame([{**evaluate(model, *built.test_set()), **built.evaluate(model)}])
+    for title, frame in tables.items():
+        print(f"# {title}")
+        print_frame(frame)
+    if args.out:
+        pl.concat([frame.with_columns(pl.lit(title).alias("table")) for title, frame in tables.items()],
+                  how="diagonal_relaxed").write_parquet(args.out)
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -383,6 +389,8 @@ def build_parser():
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="babilong + ARMT: streamed accuracy at these context lengths")
     p.add_argument("--samples", type=int, default=50, help="babilong --lengths: samples per length (default 50)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="also write the tables to this parquet file (a column 'table' "
+                   "says which)")
     p.set_defaults(handler=run_eval)
 
     add_sweep_parser(sub)

@@ -71,5 +71,8 @@ def test_armt_benchmark_trains_saves_and_streams(tmp_path):
     assert frame["context"].to_list() == [64, 256] and frame["accuracy"].is_between(0, 1).all()
     assert {"checkpoint.pt", "metrics.parquet", "run.json"} <= {p.name for p in run_dir.iterdir()}
     assert ml.load(run_dir / "checkpoint.pt").config["conv_size"] == 3
-    evaluated = _run("-m", "miras_lite", "eval", str(run_dir), "--lengths", "64", "--samples", "2")
-    assert "held-out samples" in evaluated.stdout and "streamed accuracy vs context length" in evaluated.stdout
+    table = tmp_path / "eval.parquet"
+    _run("-m", "miras_lite", "eval", str(run_dir), "--lengths", "64", "--samples", "2", "--out", str(table))
+    tables = pl.read_parquet(table).partition_by("table", as_dict=True)
+    assert set(tables) == {("held-out accuracy",), ("streamed accuracy vs context length",)}
+    assert tables[("streamed accuracy vs context length",)]["context_length"].to_list() == [64]

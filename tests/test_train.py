@@ -330,12 +330,12 @@ def test_cli_train_then_eval(tmp_path):
     assert {"checkpoint.pt", "metrics.parquet", "run.json"} <= {p.name for p in out.iterdir()}
     assert json.loads((out / "run.json").read_text())["task"]["num_kv_pairs"] == 4
     assert pl.read_parquet(out / "metrics.parquet").height == 12
-    result = _run("-m", "miras_lite", "eval", str(out), "--task", "mqar", "--test-examples", "8", "--threads", "1")
-    lines = [line.split() for line in result.stdout.splitlines() if not line.startswith("#")]
-    header, rule, *rows = lines
-    assert header[:2] == ["num_kv_pairs", "accuracy"]
-    assert [int(r[0]) for r in rows] == [4, 8], result.stdout  # 4·D <= seq_len = 32
-    assert all(0 <= float(r[1]) <= 1 for r in rows)
+    table = tmp_path / "eval.parquet"
+    _run("-m", "miras_lite", "eval", str(out), "--task", "mqar", "--test-examples", "8", "--threads", "1",
+         "--out", str(table))
+    frame = pl.read_parquet(table)
+    assert frame["num_kv_pairs"].to_list() == [4, 8]  # 4·D <= seq_len = 32
+    assert frame["accuracy"].is_between(0, 1).all() and (frame["examples"] == 8).all()
 
 
 @pytest.mark.slow
@@ -350,8 +350,10 @@ def test_cli_babilong_armt_stages_advance_on_the_loss(tmp_path):
     model = ml.load(out / "checkpoint.pt")
     assert model.config["conv_size"] == 3
     assert json.loads((out / "run.json").read_text())["task"]["questions"] == "all"
-    result = _run("-m", "miras_lite", "eval", str(out), "--lengths", "64", "--samples", "2", "--threads", "1")
-    assert "streamed accuracy" in result.stdout
+    table = tmp_path / "eval.parquet"
+    _run("-m", "miras_lite", "eval", str(out), "--lengths", "64", "--samples", "2", "--threads", "1", "--out", str(table))
+    streamed = pl.read_parquet(table).filter(pl.col("table") == "streamed accuracy vs context length")
+    assert streamed["context_length"].to_list() == [64] and streamed["samples"].to_list() == [2]
 
 
 def test_cli_spec_parsing():
