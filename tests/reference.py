@@ -409,8 +409,9 @@ def reference_boundary_scan(q, k, v, eta, alpha, theta, spec, initial_state=None
                             return_history=False, delta=None):
     """Retention lq or kl: each chunk's first token takes the exact step; the rest of the chunk runs linearly
     from what it left, V0, read with one scale c: lq V0 = A_lag, c = 1/max(‖A_lag‖_q, ε)^{q−2}, and the chunk
-    ends at the accumulator; kl V0 = c_s·softmax(A_lag), c = 1, and the chunk ends in logits,
-    log(max(V, c_s·ε)/c_s). Any other retention: the mini-batch rule."""
+    ends at the accumulator; kl V0 = c_s·softmax(A_lag), c = 1, every gradient G taken as ρ ⊙ (G − ρᵀG/c_s)
+    with ρ the row means of V0, and the chunk ends in logits, log(max(V, c_s·ε)/c_s). Any other retention: the
+    mini-batch rule."""
     if spec.retention not in ("lq", "kl"):
         return reference_minibatch_scan(q, k, v, eta, alpha, theta, spec, initial_state, chunk_size, return_history,
                                         delta)
@@ -424,10 +425,20 @@ def reference_boundary_scan(q, k, v, eta, alpha, theta, spec, initial_state=None
             for t0 in range(0, T, C):
                 tokens = range(t0, min(t0 + C, T))
 
-                def step(P, t, S):
+                def step(P, t, S, rows=None):
+                    """The optimiser's step; with rows ρ (kl after the lag token) every gradient G becomes the
+                    KL step's first-order form at weights with identical columns ρ: ρ ⊙ (G − ρᵀG / c_s)."""
                     th = theta[b, t, h] if theta is not None else None
-                    return optimizer_step(P, S, k[b, t, h], v[b, t, h], eta[b, t, h], th, spec,
-                                          None if delta is None else delta[b, t, h])
+                    d = None if delta is None else delta[b, t, h]
+                    if rows is None:
+                        return optimizer_step(P, S, k[b, t, h], v[b, t, h], eta[b, t, h], th, spec, d)
+                    zeros = tuple(torch.zeros_like(p) for p in P)
+                    U, _ = optimizer_step(P, zeros, k[b, t, h], v[b, t, h], eta[b, t, h], 0.0, spec, d)  # −η G
+                    U = tuple(r[:, None] * (u - (r @ u)[None, :] / spec.simplex_scale) for r, u in zip(rows, U))
+                    if spec.optimizer == "momentum":
+                        S = tuple(th * s + u for s, u in zip(S, U))
+                        U = S
+                    return U, S
 
                 # the lag token, exactly
                 t = tokens[0]
@@ -442,15 +453,15 @@ def reference_boundary_scan(q, k, v, eta, alpha, theta, spec, initial_state=None
                     continue
                 # ... then linearly from V0, read with the scale c
                 if spec.retention == "lq":
-                    V0, c = A, tuple(1.0 / lq_denominator(a, spec) for a in A)
+                    V0, c, rows = A, tuple(1.0 / lq_denominator(a, spec) for a in A), None
                 else:
-                    V0, c = W, (1.0,) * len(A)
+                    V0, c, rows = W, (1.0,) * len(A), tuple(w.mean(1) for w in W)
                 V, bt = V0, None
                 for t in tokens[1:]:
                     at = alpha[b, t, h]
                     bt = at if bt is None else bt * at
                     scale = 1.0 if spec.grad_at == "previous" else bt
-                    U, S = step(tuple(scale * ci * v0 for ci, v0 in zip(c, V0)), t, S)
+                    U, S = step(tuple(scale * ci * v0 for ci, v0 in zip(c, V0)), t, S, rows)
                     V = tuple(at * x + u for x, u in zip(V, U))
                     W = tuple(ci * x for ci, x in zip(c, V))
                     outs.append(predict(W, q[b, t, h], spec))

@@ -22,6 +22,12 @@ b'_t = Π_{j=t0+1..t} α_j:
          next chunk starts from the logits A = log(max(Ṽ_last, c_s·ε) / c_s), so its lag token computes
          c_s·softmax(α log(Ṽ/c_s) − η G), the paper's Softmax(α log W − η∇ℓ) (the log-softmax differs by a
          constant per column, which the softmax ignores).
+         Each step inside the chunk is the KL step to first order: a logit step −ηG moves the weights by
+         −η W ⊙ (G − 1·(1ᵀ(W ⊙ G))/c_s), which for G = x ⊗ δ is rank-one when the columns of W are equal,
+         W = ρ 1ᵀ: −η x̂ ⊗ δ with x̂ = ρ ⊙ (x − (ρ·x)/c_s). With ρ the row means of V0, the update inputs x
+         become x̂ (`_natural_inputs`) and the chunk stays one dual form. The plain step −ηG would move
+         weights of size ~1/Din by ηG, tens of times the KL step, and the log at the chunk end would clamp
+         every weight it drove negative.
 
 A chunk of one token is its lag token: at C = 1 the rule is the exact recurrence. Every other retention has
 no non-linear read-out to defer; for them the boundary rule is the mini-batch rule, which `dispatch` runs.
@@ -30,16 +36,26 @@ no non-linear read-out to defer; for them the boundary rule is the mini-batch ru
 import torch
 
 from ..retention import lq_scale, readout
-from .minibatch import (_gradient_point_matmuls, _grouped, _hand_off, _is_snapshot, _per_chunk, _stack,
-                        _update_factors, chunk_decays, dual_read)
+from .minibatch import (_gradient_point_matmuls, _hand_off, _is_snapshot, _per_chunk, _stack, _update_factors,
+                        chunk_decays, chunk_groups, dual_read)
 from .recurrent import recurrent_scan
 
 
-def _linear_start(spec, A_lag):
-    """(V0, c): the weights the rest of the chunk starts from and the scale they are read with (None: 1)."""
+def _linear_start(spec, A_lag, W_lag):
+    """(V0, c, P): the weights the rest of the chunk starts from, the scale they are read with (None: 1) and
+    the gradient point c·V0, which is the lag token's read-out W_lag = N(A_lag) itself."""
     if spec.retention == "lq":
-        return A_lag, tuple(lq_scale(spec, A_j).unsqueeze(-1) for A_j in A_lag)
-    return tuple(readout(spec, A_j) for A_j in A_lag), None
+        return A_lag, tuple(lq_scale(spec, A_j).unsqueeze(-1) for A_j in A_lag), W_lag
+    return W_lag, None, W_lag
+
+
+def _natural_inputs(spec, V0, inputs):
+    """kl: the update inputs x̂ = ρ ⊙ (x − (ρ·x)/c_s), ρ the row means of each weight matrix of V0 (module
+    docstring); any other retention: x."""
+    if spec.retention != "kl":
+        return inputs
+    rows = tuple(V_j.mean(-1).unsqueeze(-2) for V_j in V0)  # [B, H, 1, Din]
+    return tuple(r * (x - (x * r).sum(-1, keepdim=True) / spec.simplex_scale) for x, r in zip(inputs, rows))
 
 
 def _chunk_end(spec, V_last):
@@ -49,21 +65,29 @@ def _chunk_end(spec, V_last):
     return tuple(torch.log(torch.clamp_min(V_j / spec.simplex_scale, spec.eps)) for V_j in V_last)
 
 
-class _AfterLag:
-    """The tokens after each chunk's lag token, laid out [B, H, N, C − 1, ...], with their decays."""
+class _Chunks:
+    """One group of equal-length chunks split into lag tokens (per chunk, [B, H, 1, ...]) and the tokens after
+    them ([B, H, N, C − 1, ...], with their decays, and per chunk). Every tensor is split once: indexing a
+    chunk out of the sequence per chunk would make each backward step write a full-size gradient."""
 
-    def __init__(self, spec, group, tensors, count, length):
+    def __init__(self, spec, tensors, start, count, length):
         B, H = tensors[0].shape[:2]
 
-        def rest(x):
-            if x is None:
-                return None
-            chunks = x[:, :, group.start:group.start + count * length].reshape(B, H, count, length, *x.shape[3:])
-            return chunks[:, :, :, 1:]
+        def chunks(x):
+            return None if x is None else x[:, :, start:start + count * length].reshape(B, H, count, length,
+                                                                                      *x.shape[3:])
 
-        self.q, self.k, self.v, eta, alpha, theta, delta = (rest(x) for x in tensors)
-        self.decays = chunk_decays(spec, self.q, self.k, eta, alpha, theta, delta)
-        self.per_chunk = _per_chunk(self.decays)
+        def per_chunk(x):
+            return [None] * count if x is None else x.unbind(2)
+
+        grouped = [chunks(x) for x in tensors]
+        self.lag = list(zip(*(per_chunk(None if x is None else x[:, :, :, :1]) for x in grouped)))
+        if length == 1:
+            self.q = None
+            return
+        self.q, k, v, eta, alpha, theta, delta = (None if x is None else x[:, :, :, 1:] for x in grouped)
+        self.decays = chunk_decays(spec, self.q, k, eta, alpha, theta, delta)
+        self.after = list(zip(per_chunk(k), per_chunk(v), _per_chunk(self.decays)))
 
 
 def boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None):
@@ -72,32 +96,33 @@ def boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, sna
     linear = spec.replace(retention="l2")  # inside a chunk the weights are read as they are (times c)
     tensors = (q, k, v, eta, alpha, theta, delta)
     outputs, snapshots = [], []
-    for group in _grouped(spec, *tensors, chunk_size):
-        count, length = group.q.shape[2:4]
-        after = _AfterLag(spec, group, tensors, count, length) if length > 1 else None
+    for start, count, length in chunk_groups(q.shape[2], chunk_size):
+        group = _Chunks(spec, tensors, start, count, length)
         lag_reads, starts, factors, scales = [], [], [], []
         for n in range(count):
-            t = group.start + n * length
-            o_lag, A, S, _ = recurrent_scan(*(None if x is None else x[:, :, t:t + 1] for x in tensors), spec, A, S)
+            o_lag, A, S, (W_lag,) = recurrent_scan(*group.lag[n], spec, A, S, snapshot_every=1)
             lag_reads.append(o_lag)
-            if after is not None:
-                V0, scale = _linear_start(spec, A)
-                decays = after.per_chunk[n]
-                point = V0 if scale is None else tuple(c * V_j for c, V_j in zip(scale, V0))
-                inputs, scaled_grads = _update_factors(linear, after.k[:, :, n], after.v[:, :, n], decays,
+            if group.q is not None:
+                V0, scale, point = _linear_start(spec, A, W_lag)
+                k_n, v_n, decays = group.after[n]
+                inputs, scaled_grads = _update_factors(linear, k_n, v_n, decays,
                                                        *_gradient_point_matmuls(linear, point, decays.b))
+                inputs = _natural_inputs(spec, V0, inputs)
                 starts.append((*V0, *S))
                 factors.append(inputs + scaled_grads)
                 scales.append(scale)
                 V_last, S = _hand_off(linear, decays, V0, S, inputs, scaled_grads)
                 A = _chunk_end(spec, V_last)
-            if _is_snapshot(snapshot_every, group, n):
+            if _is_snapshot(snapshot_every, start, length, n):
                 snapshots.append(tuple(readout(spec, A_j) for A_j in A))
         o = torch.stack(lag_reads, dim=2)  # [B, H, N, 1, Dv]
-        if after is not None:
+        if group.q is not None:
             weights = len(A)
             starts, factors = _stack(starts), _stack(factors)
-            o_after = dual_read(linear, after.q, after.decays, starts[:weights], starts[weights:], factors[:weights],
+            decays = group.decays
+            if spec.retention == "kl":  # the first weight's update inputs are x̂, not k
+                decays = decays._replace(scores=(group.q @ factors[0].transpose(-1, -2)) * decays.mix)
+            o_after = dual_read(linear, group.q, decays, starts[:weights], starts[weights:], factors[:weights],
                                 factors[weights:], None if scales[0] is None else _stack(scales))
             o = torch.cat([o, o_after], dim=3)
         outputs.append(o.flatten(2, 3))

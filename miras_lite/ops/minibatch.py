@@ -237,9 +237,9 @@ def _stack(per_chunk):
     return tuple(torch.stack(parts, dim=2) for parts in zip(*per_chunk))
 
 
-def _is_snapshot(snapshot_every, group, n):
-    length = group.q.shape[3]
-    return snapshot_every and (group.start + (n + 1) * length) % snapshot_every == 0
+def _is_snapshot(snapshot_every, start, length, n):
+    """Whether chunk n of a group of `length`-token chunks from `start` ends where a snapshot is due."""
+    return snapshot_every and (start + (n + 1) * length) % snapshot_every == 0
 
 
 def dual_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None, update=dual_update):
@@ -257,7 +257,7 @@ def dual_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapsho
             inputs, scaled_grads, A, S, scale = update(spec, k_n, v_n, decays_n, A, S)
             factors.append(inputs + scaled_grads)
             scales.append(scale)
-            if _is_snapshot(snapshot_every, group, n):
+            if _is_snapshot(snapshot_every, group.start, group.q.shape[3], n):
                 snapshots.append(tuple(readout(spec, A_j) for A_j in A))
         weights = len(A)
         starts, factors = _stack(starts), _stack(factors)
@@ -278,7 +278,7 @@ def materialised_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size,
         for n, (q_n, k_n, v_n, decays_n) in enumerate(chunks):
             o, A, S = materialised_chunk(spec, q_n, k_n, v_n, decays_n, A, S)
             reads.append(o)
-            if _is_snapshot(snapshot_every, group, n):
+            if _is_snapshot(snapshot_every, group.start, group.q.shape[3], n):
                 snapshots.append(tuple(readout(spec, A_j) for A_j in A))
         outputs.append(torch.cat(reads, dim=2))
     return torch.cat(outputs, dim=2), A, S, snapshots
