@@ -19,21 +19,25 @@ import torch
 LAYER_NORM_EPS = 1e-5
 
 
-def row_matmul(u, W):
-    """u·W for rows u [..., Din] and W [..., Din, Dout]; W may carry one extra axis of per-row weights."""
+def row_matmul(u, W, scale=None):
+    """u·(c W) for rows u [..., Din] and W [..., Din, Dout]; W may carry one extra axis of per-row weights. The
+    scale c ([..., 1] over W's batch axes, or None for 1) multiplies the product, so c W is never formed."""
     if W.dim() == u.dim() + 1:
-        return (u.unsqueeze(-2) @ W).squeeze(-2)
-    return u @ W
+        out = (u.unsqueeze(-2) @ W).squeeze(-2)
+        return out if scale is None else scale * out
+    out = u @ W
+    return out if scale is None else scale.unsqueeze(-1) * out
 
 
-def weight_matmuls(weights):
-    """Matmuls u ↦ u·W_j for explicit weights."""
-    return tuple((lambda u, W=W: row_matmul(u, W)) for W in weights)
+def weight_matmuls(weights, scales=None):
+    """Matmuls u ↦ u·(c_j W_j) for explicit weights and optional per-matrix scales c_j ([..., 1])."""
+    scales = (None,) * len(weights) if scales is None else scales
+    return tuple((lambda u, W=W, c=c: row_matmul(u, W, c)) for W, c in zip(weights, scales))
 
 
-def transposed_matmul(weights):
-    """u ↦ u·W_lastᵀ: the MLP's backward needs it at the gradient point."""
-    return lambda u: row_matmul(u, weights[-1].transpose(-1, -2))
+def transposed_matmul(weights, scales=None):
+    """u ↦ u·(c W_last)ᵀ: the MLP's backward needs it at the gradient point."""
+    return lambda u: row_matmul(u, weights[-1].transpose(-1, -2), None if scales is None else scales[-1])
 
 
 def outer(x, d):

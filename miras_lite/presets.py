@@ -21,7 +21,7 @@ class Recommended:
     """Settings that train a preset: the layer's chunk size and inner-rate bound η_max, the outer learning rate
     and the number of steps. Chosen on the playground's default task (MQAR with V=64, L=32, 4 pairs; MirasLM
     d_model=64, 2 layers, 1 head, batch 16); `python -m benchmarks.mqar playground` measures how far each
-    preset gets with them (yaad and memora do not reach 0.9 there yet: the README says how far)."""
+    preset gets with them (yaad does not reach 0.9 there yet: the README says how far)."""
 
     chunk_size: int | str | None = "auto"
     eta_max: float | None = None

@@ -13,6 +13,8 @@ Products of α over a span of tokens are formed in log space (`log_rate`, `decay
 division, so α (or θ, which shares these helpers) may be tiny or 0 without NaNs.
 """
 
+from typing import NamedTuple
+
 import torch
 
 
@@ -52,6 +54,28 @@ def readout(spec, A):
     if spec.retention == "kl":
         return spec.simplex_scale * torch.softmax(A, dim=-2)
     return A
+
+
+class ReadOut(NamedTuple):
+    """W = N(A) as weight matrices times optional per-matrix scales, W_j = c_j · weights_j. lq keeps A and its
+    c = `lq_scale`(A) apart, so c·A is never formed (every use of a weight is a product u·W, see
+    `memory.weight_matmuls`); any other retention has weights N(A) and no scales."""
+
+    weights: tuple
+    scales: tuple | None
+
+    def explicit(self):
+        """The weight matrices N(A) themselves."""
+        if self.scales is None:
+            return self.weights
+        return tuple(c.unsqueeze(-1) * W for c, W in zip(self.scales, self.weights))
+
+
+def read_out(spec, A):
+    """N(A) of a memory (a tuple of accumulators) as a `ReadOut`."""
+    if spec.retention == "lq":
+        return ReadOut(A, tuple(lq_scale(spec, A_j) for A_j in A))
+    return ReadOut(tuple(readout(spec, A_j) for A_j in A), None)
 
 
 def log_rate(a):

@@ -35,18 +35,10 @@ no non-linear read-out to defer; for them the boundary rule is the mini-batch ru
 
 import torch
 
-from ..retention import lq_scale, readout
+from ..retention import read_out, readout
 from .minibatch import (_gradient_point_matmuls, _hand_off, _is_snapshot, _per_chunk, _stack, _update_factors,
                         chunk_decays, chunk_groups, dual_read)
-from .recurrent import recurrent_scan
-
-
-def _linear_start(spec, A_lag, W_lag):
-    """(V0, c, P): the weights the rest of the chunk starts from, the scale they are read with (None: 1) and
-    the gradient point c·V0, which is the lag token's read-out W_lag = N(A_lag) itself."""
-    if spec.retention == "lq":
-        return A_lag, tuple(lq_scale(spec, A_j).unsqueeze(-1) for A_j in A_lag), W_lag
-    return W_lag, None, W_lag
+from .recurrent import exact_step
 
 
 def _natural_inputs(spec, V0, inputs):
@@ -66,7 +58,7 @@ def _chunk_end(spec, V_last):
 
 
 class _Chunks:
-    """One group of equal-length chunks split into lag tokens (per chunk, [B, H, 1, ...]) and the tokens after
+    """One group of equal-length chunks split into lag tokens (per chunk, [B, H, ...]) and the tokens after
     them ([B, H, N, C − 1, ...], with their decays, and per chunk). Every tensor is split once: indexing a
     chunk out of the sequence per chunk would make each backward step write a full-size gradient."""
 
@@ -81,7 +73,7 @@ class _Chunks:
             return [None] * count if x is None else x.unbind(2)
 
         grouped = [chunks(x) for x in tensors]
-        self.lag = list(zip(*(per_chunk(None if x is None else x[:, :, :, :1]) for x in grouped)))
+        self.lag = list(zip(*(per_chunk(None if x is None else x[:, :, :, 0]) for x in grouped)))
         if length == 1:
             self.q = None
             return
@@ -100,22 +92,23 @@ def boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, sna
         group = _Chunks(spec, tensors, start, count, length)
         lag_reads, starts, factors, scales = [], [], [], []
         for n in range(count):
-            o_lag, A, S, (W_lag,) = recurrent_scan(*group.lag[n], spec, A, S, snapshot_every=1)
+            o_lag, A, S, W_lag = exact_step(spec, group.lag[n], A, S, read_out(spec, A))
             lag_reads.append(o_lag)
             if group.q is not None:
-                V0, scale, point = _linear_start(spec, A, W_lag)
+                # lq: V0 = A_lag read with c = 1/max(‖A_lag‖_q, ε)^{q−2}; kl: V0 = c_s·softmax(A_lag), no scale
+                V0, c = W_lag
                 k_n, v_n, decays = group.after[n]
                 inputs, scaled_grads = _update_factors(linear, k_n, v_n, decays,
-                                                       *_gradient_point_matmuls(linear, point, decays.b))
+                                                       *_gradient_point_matmuls(linear, V0, decays.b, c))
                 inputs = _natural_inputs(spec, V0, inputs)
                 starts.append((*V0, *S))
                 factors.append(inputs + scaled_grads)
-                scales.append(scale)
+                scales.append(None if c is None else tuple(c_j.unsqueeze(-1) for c_j in c))
                 V_last, S = _hand_off(linear, decays, V0, S, inputs, scaled_grads)
                 A = _chunk_end(spec, V_last)
             if _is_snapshot(snapshot_every, start, length, n):
                 snapshots.append(tuple(readout(spec, A_j) for A_j in A))
-        o = torch.stack(lag_reads, dim=2)  # [B, H, N, 1, Dv]
+        o = torch.stack(lag_reads, dim=2).unsqueeze(3)  # [B, H, N, 1, Dv]
         if group.q is not None:
             weights = len(A)
             starts, factors = _stack(starts), _stack(factors)

@@ -66,13 +66,15 @@ def _per_chunk(decays):
     return [ChunkDecays(*fields) for fields in zip(*columns)]
 
 
-def _gradient_point_matmuls(spec, A0, b):
-    """Matmuls at P_t = b_t A0 (retained) or A0 (previous), for identity read-outs."""
+def _gradient_point_matmuls(spec, A0, b, scales=None):
+    """Matmuls at P_t = c A0 (previous) or c b_t A0 (retained), for identity read-outs; c = scales[j] ([..., 1],
+    one per weight matrix) or 1. Neither c A0 nor b_t A0 is formed."""
     if spec.grad_at == "previous":
-        return memory.weight_matmuls(A0), memory.transposed_matmul(A0)
-    scale = b.unsqueeze(-1)
-    forward_matmuls = tuple((lambda u, W=W: scale * (u @ W)) for W in A0)
-    return forward_matmuls, (lambda u: scale * (u @ A0[-1].transpose(-1, -2)))
+        return memory.weight_matmuls(A0, scales), memory.transposed_matmul(A0, scales)
+    rows = b.unsqueeze(-1)
+    row_scales = (rows,) * len(A0) if scales is None else tuple(c.unsqueeze(-1) * rows for c in scales)
+    forward_matmuls = tuple((lambda u, W=W, r=r: r * (u @ W)) for W, r in zip(A0, row_scales))
+    return forward_matmuls, (lambda u: row_scales[-1] * (u @ A0[-1].transpose(-1, -2)))
 
 
 def _gradient_point_weights(spec, A0, b):
@@ -168,9 +170,8 @@ def _lq_gradient_point_matmuls(spec, A0, b):
     """Matmuls at P_t = N(A0) (previous) or N(b_t A0) = b_t A0 / max(b_t ‖A0‖_q, ε)^{q−2} (retained):
     scalar multiples c_t A0, never materialised per token."""
     if spec.grad_at == "previous":
-        scales = tuple(lq_scale(spec, A_j).unsqueeze(-1) for A_j in A0)  # [B, H, 1, 1]
-    else:
-        scales = tuple(b.unsqueeze(-1) * lq_scale(spec, b[..., None, None] * A_j.unsqueeze(2)) for A_j in A0)
+        return _gradient_point_matmuls(spec, A0, b, tuple(lq_scale(spec, A_j) for A_j in A0))
+    scales = tuple(b.unsqueeze(-1) * lq_scale(spec, b[..., None, None] * A_j.unsqueeze(2)) for A_j in A0)
     forward_matmuls = tuple((lambda u, W=W, c=c: c * (u @ W)) for W, c in zip(A0, scales))
     return forward_matmuls, (lambda u: scales[-1] * (u @ A0[-1].transpose(-1, -2)))
 
