@@ -71,7 +71,7 @@ class ReadOut(NamedTuple):
         return tuple(c.unsqueeze(-1) * W for c, W in zip(self.scales, self.weights))
 
 
-def read_out(spec, A):
+def scaled_readout(spec, A):
     """N(A) of a memory (a tuple of accumulators) as a `ReadOut`."""
     if spec.retention == "lq":
         return ReadOut(A, tuple(lq_scale(spec, A_j) for A_j in A))

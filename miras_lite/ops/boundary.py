@@ -35,7 +35,7 @@ no non-linear read-out to defer; for them the boundary rule is the mini-batch ru
 
 import torch
 
-from ..retention import read_out, readout
+from ..retention import readout, scaled_readout
 from .minibatch import (_gradient_point_matmuls, _hand_off, _is_snapshot, _per_chunk, _stack, _update_factors,
                         chunk_decays, chunk_groups, dual_read)
 from .recurrent import exact_step
@@ -92,7 +92,7 @@ def boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, sna
         group = _Chunks(spec, tensors, start, count, length)
         lag_reads, starts, factors, scales = [], [], [], []
         for n in range(count):
-            o_lag, A, S, W_lag = exact_step(spec, group.lag[n], A, S, read_out(spec, A))
+            o_lag, A, S, W_lag = exact_step(spec, group.lag[n], A, S, scaled_readout(spec, A))
             lag_reads.append(o_lag)
             if group.q is not None:
                 # lq: V0 = A_lag read with c = 1/max(‖A_lag‖_q, ε)^{q−2}; kl: V0 = c_s·softmax(A_lag), no scale

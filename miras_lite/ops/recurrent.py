@@ -10,7 +10,7 @@ import torch
 
 from .. import memory, optimizer
 from ..bias import bias_gradient
-from ..retention import read_out, write_map
+from ..retention import scaled_readout, write_map
 
 
 def exact_step(spec, token, A, S, W):
@@ -18,7 +18,7 @@ def exact_step(spec, token, A, S, W):
     read-out W_{t−1} = N(A_{t−1}) (a `ReadOut`); token = (q_t, k_t, v_t, η_t, α_t, θ_t, δ_t), each [B, H, ...]."""
     q_t, k_t, v_t, eta_t, alpha_t, theta_t, delta_t = token
     decay = alpha_t[..., None, None]
-    P = W if spec.grad_at == "previous" else read_out(spec, tuple(decay * A_j for A_j in A))
+    P = W if spec.grad_at == "previous" else scaled_readout(spec, tuple(decay * A_j for A_j in A))
     prediction, cache = memory.forward(spec.memory, k_t, memory.weight_matmuls(*P))
     e = prediction - v_t
     rate = optimizer.effective_rate(spec, eta_t, k_t)[..., None, None]
@@ -30,7 +30,7 @@ def exact_step(spec, token, A, S, W):
         G = tuple(memory.outer(x, d) for x, d in zip(inputs, output_grads))
     U, S = optimizer.step(spec, G, S, rate, None if theta_t is None else theta_t[..., None, None])
     A = tuple(write_map(spec, decay * A_j + U_j) for A_j, U_j in zip(A, U))
-    W = read_out(spec, A)
+    W = scaled_readout(spec, A)
     return memory.forward(spec.memory, q_t, memory.weight_matmuls(*W))[0], A, S, W
 
 
@@ -47,7 +47,7 @@ def recurrent_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size=Non
         U   = −η_t G  |  S_t = θ_t S_{t−1} − η_t G, U = S_t  |  −η̃_t k ⊗ e (implicit)
         A_t = E(α_t A_{t−1} + U),   W_t = N(A_t),   o_t = M(q_t; W_t)
     """
-    W = read_out(spec, A)
+    W = scaled_readout(spec, A)
     outputs, snapshots = [], []
     # Split once: indexing x[:, :, t] per token would make every backward step write a full-size gradient.
     per_token = [x.unbind(2) if x is not None else [None] * q.shape[2] for x in (q, k, v, eta, alpha, theta, delta)]
