@@ -192,8 +192,12 @@ def _cell(value):
 
 
 def _report(rows, out):
+    """Print the rows as one table and write them (parquet); a column missing from a row (recipes with other
+    targets have other time_to_* columns) is empty there."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    rows = [{column: row.get(column) for column in columns} for row in rows]
     frame = pl.DataFrame(rows)
-    print_table(frame.columns, [[_cell(v) for v in row.values()] for row in rows])
+    print_table(columns, [[_cell(v) for v in row.values()] for row in rows])
     if out:
         frame.write_parquet(out)
     return frame

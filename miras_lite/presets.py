@@ -21,7 +21,7 @@ class Recommended:
     """Settings that train a preset: the layer's chunk size and inner-rate bound η_max, the outer learning rate
     and the number of steps. Chosen on the playground's default task (MQAR with V=64, L=32, 4 pairs; MirasLM
     d_model=64, 2 layers, 1 head, batch 16); `python -m benchmarks.mqar playground` measures how far each
-    preset gets with them (yaad does not reach 0.9 there yet: the README says how far)."""
+    preset gets with them."""
 
     chunk_size: int | str | None = "auto"
     eta_max: float | None = None
@@ -81,7 +81,7 @@ _NAMED = (
     # gradients through time explode with the default ε = 1e-6.
     Preset("yaad", MemorySpec(memory="mlp", bias="huber", huber_mode="mixture", retention="l2", eps=1e-2),
            "an MLP memory on a Huber loss (ℓ2 near 0, δ·ℓ1 beyond δ) with decay",
-           recommended=Recommended(chunk_size=16, eta_max=0.5, lr=3e-3, steps=1000)),
+           recommended=Recommended(chunk_size=16, eta_max=0.5, lr=3e-3, steps=1500)),
     Preset("memora", MemorySpec(memory="mlp", bias="l2", retention="kl"),
            "an MLP memory on the l2 loss whose weights are a softmax of the accumulator (KL retention)",
            recommended=Recommended(chunk_size=16, eta_max=0.3, lr=3e-3, steps=1000)),

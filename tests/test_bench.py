@@ -39,9 +39,12 @@ def test_benchmarks_refuse_bad_options():
 def test_mqar_recipes_train_each_recipe(tmp_path):
     out = tmp_path / "mqar.parquet"
     _run("-m", "benchmarks.mqar", "recipes", "--quick", "--final-examples", "16", "--specs", "gated_deltanet", "lp+lq",
-         "--out", str(out))
+         "titans", "--out", str(out))
     frame = pl.read_parquet(out)
-    assert frame["model"].to_list() == ["gated_deltanet", "lp+lq"] and frame["budget_s"].to_list() == [180.0, 300.0]
+    assert frame["model"].to_list() == ["gated_deltanet", "lp+lq", "titans"]
+    assert frame["budget_s"].to_list() == [180.0, 300.0, 600.0]
+    # gated_deltanet and lp+lq aim at 0.99, titans at 0.9: each row has its own time_to column
+    assert {"time_to_0.99_s", "time_to_0.9_s"} <= set(frame.columns)
     assert frame["final_acc"].is_between(0, 1).all() and (frame["steps"] >= 1).all()
     assert frame["met"].dtype == pl.Boolean
 
