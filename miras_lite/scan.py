@@ -124,7 +124,9 @@ def _check_dtype(q, backend):
 
 
 def _all_finite(tensors):
-    return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
+    """Whether every tensor is finite, read back once (one device sync on CUDA, not one per tensor)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t is not None]
+    return not flags or bool(torch.stack(flags).all())
 
 
 OVERFLOW = "the memory overflowed"

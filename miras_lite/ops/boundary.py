@@ -78,7 +78,8 @@ class _Chunks:
             self.q = None
             return
         self.q, k, v, eta, alpha, theta, delta = (None if x is None else x[:, :, :, 1:] for x in grouped)
-        self.decays = chunk_decays(spec, self.q, k, eta, alpha, theta, delta)
+        # kl reads its first weight through the update inputs x̂, not k: its scores are formed once x̂ is known
+        self.decays = chunk_decays(spec, None if spec.retention == "kl" else self.q, k, eta, alpha, theta, delta)
         self.after = list(zip(per_chunk(k), per_chunk(v), _per_chunk(self.decays)))
 
 
@@ -113,7 +114,7 @@ def boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, sna
             weights = len(A)
             starts, factors = _stack(starts), _stack(factors)
             decays = group.decays
-            if spec.retention == "kl":  # the first weight's update inputs are x̂, not k
+            if decays.scores is None:  # kl: the scores against the first weight's update inputs x̂
                 decays = decays._replace(scores=(group.q @ factors[0].transpose(-1, -2)) * decays.mix)
             o_after = dual_read(linear, group.q, decays, starts[:weights], starts[weights:], factors[:weights],
                                 factors[weights:], None if scales[0] is None else _stack(scales))

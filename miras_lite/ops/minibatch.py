@@ -52,9 +52,10 @@ class ChunkDecays(NamedTuple):
 
 
 def chunk_decays(spec, q, k, eta, alpha, theta, delta):
-    """`ChunkDecays` for chunks laid out as q, k [..., C, Dk] and rates [..., C]."""
+    """`ChunkDecays` for chunks laid out as q, k [..., C, Dk] and rates [..., C]; q=None leaves the scores to the
+    caller (None)."""
     mix = optimizer.chunk_mix(spec, alpha, theta)
-    scores = (q @ k.transpose(-1, -2)) * mix.mix
+    scores = None if q is None else (q @ k.transpose(-1, -2)) * mix.mix
     return ChunkDecays(mix.b, mix.mix, scores, mix.gamma, mix.theta_mix_last, mix.theta_prod_last,
                        optimizer.effective_rate(spec, eta, k), None if delta is None else delta.unsqueeze(-1))
 
