@@ -182,3 +182,33 @@ def test_reference_chunk_rules(memory):
             k, v, q = d["k"][0, t, 0], d["v"][0, t, 0], d["q"][0, t, 0]
             W = d["alpha"][0, t, 0] * W - d["eta"][0, t, 0] * torch.outer(k, k @ W0 - v)
             torch.testing.assert_close(o[0, t, 0], q @ W, rtol=1e-12, atol=1e-14)
+
+
+READ_CASES = [("titans", "minibatch"), ("ttt_mlp", "minibatch"), ("gated_deltanet", "minibatch"),
+              ("moneta", "boundary"), ("memora", "boundary")]
+
+
+@pytest.mark.parametrize("name,rule", READ_CASES, ids=[f"{n}-{r}" for n, r in READ_CASES])
+@pytest.mark.parametrize("read_batch", [1, 8])
+def test_reads_grouped_by_chunks(name, rule, read_batch, monkeypatch):
+    """The dual form reads a few chunks at a time (`minibatch.ChunkReads`, B·H·chunks ≥ READ_BATCH): reading
+    one chunk at a time (1) or two (8 with B·H = 4; 4 full chunks then a partial one) gives the values and
+    gradients of reading every chunk at once (the default at these sizes)."""
+    from miras_lite.ops import minibatch
+
+    spec = ml.preset(name)
+    d = random_inputs(spec, T=9, seed=31, init=True, **shapes_for(spec.memory))
+    names = [x for x in ("q", "k", "v", "eta", "alpha", "theta") if d[x] is not None]
+    inputs = {x: d[x].clone().requires_grad_() for x in names}
+
+    def scan_and_grads():
+        o, state = ml.memory_scan(spec=spec, chunk_size=2, initial_state=impl_state(d["initial_state"]),
+                                  chunk_rule=rule, **inputs)
+        weights = state.W if isinstance(state.W, tuple) else (state.W,)
+        loss = (o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum() + sum(W.sum() for W in weights)
+        return (o.detach(), *torch.autograd.grad(loss, list(inputs.values())))
+
+    expected = scan_and_grads()
+    monkeypatch.setattr(minibatch, "READ_BATCH", read_batch)
+    for what, a, e in zip(["o", *(f"d{x}" for x in names)], scan_and_grads(), expected, strict=True):
+        assert_close(a, e, rtol=1e-10, atol=1e-12, what=what)

@@ -36,8 +36,8 @@ no non-linear read-out to defer; for them the boundary rule is the mini-batch ru
 import torch
 
 from ..retention import readout, scaled_readout
-from .minibatch import (_gradient_point_matmuls, _hand_off, _is_snapshot, _per_chunk, _stack, _update_factors,
-                        chunk_decays, chunk_groups, dual_read)
+from .minibatch import (ChunkReads, _gradient_point_matmuls, _hand_off, _is_snapshot, _per_chunk, _update_factors,
+                        chunk_decays, chunk_groups)
 from .recurrent import exact_step
 
 
@@ -75,12 +75,13 @@ class _Chunks:
         grouped = [chunks(x) for x in tensors]
         self.lag = list(zip(*(per_chunk(None if x is None else x[:, :, :, 0]) for x in grouped)))
         if length == 1:
-            self.q = None
+            self.after = None
             return
-        self.q, k, v, eta, alpha, theta, delta = (None if x is None else x[:, :, :, 1:] for x in grouped)
-        # kl reads its first weight through the update inputs x̂, not k: its scores are formed once x̂ is known
-        self.decays = chunk_decays(spec, None if spec.retention == "kl" else self.q, k, eta, alpha, theta, delta)
-        self.after = list(zip(per_chunk(k), per_chunk(v), _per_chunk(self.decays)))
+        q, k, v, eta, alpha, theta, delta = (None if x is None else x[:, :, :, 1:] for x in grouped)
+        # kl reads its first weight through the update inputs x̂, not k: `dual_read` forms its scores
+        decays = chunk_decays(spec, None if spec.retention == "kl" else q, k, eta, alpha, theta, delta)
+        self.after = list(zip(per_chunk(k), per_chunk(v), _per_chunk(decays)))
+        self.reads = ChunkReads(spec.replace(retention="l2"), q, decays)
 
 
 def boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None):
@@ -91,33 +92,24 @@ def boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, sna
     outputs, snapshots = [], []
     for start, count, length in chunk_groups(q.shape[2], chunk_size):
         group = _Chunks(spec, tensors, start, count, length)
-        lag_reads, starts, factors, scales = [], [], [], []
+        lag_reads = []
         for n in range(count):
             o_lag, A, S, W_lag = exact_step(spec, group.lag[n], A, S, scaled_readout(spec, A))
             lag_reads.append(o_lag)
-            if group.q is not None:
+            if group.after is not None:
                 # lq: V0 = A_lag read with c = 1/max(‖A_lag‖_q, ε)^{q−2}; kl: V0 = c_s·softmax(A_lag), no scale
                 V0, c = W_lag
                 k_n, v_n, decays = group.after[n]
                 inputs, scaled_grads = _update_factors(linear, k_n, v_n, decays,
                                                        *_gradient_point_matmuls(linear, V0, decays.b, c))
                 inputs = _natural_inputs(spec, V0, inputs)
-                starts.append((*V0, *S))
-                factors.append(inputs + scaled_grads)
-                scales.append(None if c is None else tuple(c_j.unsqueeze(-1) for c_j in c))
+                group.reads.add(V0, S, inputs, scaled_grads, None if c is None else tuple(x.unsqueeze(-1) for x in c))
                 V_last, S = _hand_off(linear, decays, V0, S, inputs, scaled_grads)
                 A = _chunk_end(spec, V_last)
             if _is_snapshot(snapshot_every, start, length, n):
                 snapshots.append(tuple(readout(spec, A_j) for A_j in A))
         o = torch.stack(lag_reads, dim=2).unsqueeze(3)  # [B, H, N, 1, Dv]
-        if group.q is not None:
-            weights = len(A)
-            starts, factors = _stack(starts), _stack(factors)
-            decays = group.decays
-            if decays.scores is None:  # kl: the scores against the first weight's update inputs x̂
-                decays = decays._replace(scores=(group.q @ factors[0].transpose(-1, -2)) * decays.mix)
-            o_after = dual_read(linear, group.q, decays, starts[:weights], starts[weights:], factors[:weights],
-                                factors[weights:], None if scales[0] is None else _stack(scales))
-            o = torch.cat([o, o_after], dim=3)
+        if group.after is not None:
+            o = torch.cat([o, group.reads.result()], dim=3)
         outputs.append(o.flatten(2, 3))
     return torch.cat(outputs, dim=2), A, S, snapshots

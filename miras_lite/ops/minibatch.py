@@ -16,8 +16,9 @@ Hence two scans:
 - `dual_scan`, retention none / l2 (N = E = identity): the *dual form*. Every weight is only used through
   u ↦ u·W_t = b_t u·A0 + γ_t u·S0 − ((u Xᵀ) ⊙ M) (η ⊙ D), with G_i = X_i ⊗ D_i: a few masked matrix
   products, for linear and MLP memory alike. Only the chunk-to-chunk state hand-off (`dual_update`, or
-  the exact `delta_rule_update`) is sequential; the reads of all chunks are batched once their starting
-  states are known. `minibatch_fused.py` is the same scan for linear memories with a hand-written backward.
+  the exact `delta_rule_update`) is sequential; the reads are batched over a few chunks once their starting
+  states are known (`ChunkReads`). `minibatch_fused.py` is the same scan for linear memories with a
+  hand-written backward.
 - `materialised_scan`, the non-linear retentions, read through N at every token:
   lq: N(A) = A / max(‖A‖_q, ε)^{q−2} only rescales A, so every read is the dual form divided by
   s_t = max(‖Ã_t‖_q, ε)^{q−2}, and P_t = N(b_t A0) = b_t A0 / max(b_t ‖A0‖_q, ε)^{q−2}; Ã_t is
@@ -120,21 +121,28 @@ def _hand_off(spec, decays, A0, S0, inputs, scaled_grads):
 def dual_update(spec, k, v, decays, A0, S0):
     """The state hand-off of one chunk (retention none / l2): update factors and the chunk-end state.
 
-    Returns (X, η ⊙ D, A_last, S_last, None) with η_i G_i = X_i ⊗ η_i D_i; reads are formed later, for all
+    Returns (X, η ⊙ D, A_last, S_last, None) with η_i G_i = X_i ⊗ η_i D_i; reads are formed later, for a few
     chunks at once, by `dual_read` (the None: they need no scale).
     """
     inputs, scaled_grads = _update_factors(spec, k, v, decays, *_gradient_point_matmuls(spec, A0, decays.b))
     return inputs, scaled_grads, *_hand_off(spec, decays, A0, S0, inputs, scaled_grads), None
 
 
+def _batched(x):
+    """A [..., m, n] tensor as [batch, m, n] (a view where the layout allows)."""
+    return x.reshape(-1, *x.shape[-2:])
+
+
 def dual_read(spec, q, decays, A0, S0, inputs, scaled_grads, scales=None):
-    """Outputs of every chunk at once from the chunk-start states A0, S0 ([B, H, N, Din, Dout]).
+    """Outputs of chunks from their start states A0, S0 ([..., Din, Dout]; [B, H, N, ...] for N chunks at once).
 
     Each weight is only used through u ↦ u·W_t = b_t u·A0 + γ_t u·S0 − ((u Xᵀ) ⊙ M) (η ⊙ D), times
-    ``scales[j]`` ([..., C, 1]; lq: W_t = Ã_t / s_t) when given.
+    ``scales[j]`` ([..., C, 1]; lq: W_t = Ã_t / s_t) when given. The terms are summed in place by fused
+    gemms on [batch, C, ·] views: no temporary the size of a read per term.
     """
-    b = decays.b.unsqueeze(-1)
-    gamma = None if decays.gamma is None else decays.gamma.unsqueeze(-1)
+    b = _batched(decays.b.unsqueeze(-1))
+    gamma = None if decays.gamma is None else _batched(decays.gamma.unsqueeze(-1))
+    mix = _batched(decays.mix)
 
     def start_read(u, row_scale, W):
         """row_scale ⊙ (u W), scaling whichever side is narrower."""
@@ -142,11 +150,15 @@ def dual_read(spec, q, decays, A0, S0, inputs, scaled_grads, scales=None):
 
     def read_matmul(j):
         def matmul(u):
-            # the first weight always reads q, whose scores against k were formed with the decays
-            scores = decays.scores if j == 0 else (u @ inputs[j].transpose(-1, -2)) * decays.mix
-            out = start_read(u, b, A0[j]) - scores @ scaled_grads[j]
+            lead, u = u.shape[:-1], _batched(u)
+            if j == 0 and decays.scores is not None:  # q's scores against k, formed with the decays
+                scores = _batched(decays.scores)
+            else:
+                scores = (u @ _batched(inputs[j]).transpose(-1, -2)) * mix
+            out = start_read(u, b, _batched(A0[j])).baddbmm_(scores, _batched(scaled_grads[j]), alpha=-1)
             if gamma is not None:
-                out = out + start_read(u, gamma, S0[j])
+                out = out.baddbmm_(gamma * u, _batched(S0[j]))
+            out = out.view(*lead, out.shape[-1])
             return out if scales is None else scales[j] * out
 
         return matmul
@@ -234,39 +246,72 @@ def _grouped(spec, q, k, v, eta, alpha, theta, delta, chunk_size):
         yield ChunkGroup(start, qs, ks, chunks(v), decays)
 
 
-def _stack(per_chunk):
-    """A list (over chunks) of tuples of tensors as a tuple of tensors with a chunk axis at dim 2."""
-    return tuple(torch.stack(parts, dim=2) for parts in zip(*per_chunk))
-
-
 def _is_snapshot(snapshot_every, start, length, n):
     """Whether chunk n of a group of `length`-token chunks from `start` ends where a snapshot is due."""
     return snapshot_every and (start + (n + 1) * length) % snapshot_every == 0
 
 
+READ_BATCH = 64
+
+
+class ChunkReads:
+    """The reads of one group's chunks (q and decays [B, H, N, ...]), `dual_read` over a few chunks at a time.
+
+    Chunks are added in order with their start states and update factors; every `per_read` chunks are read
+    together, so that each batched product covers B·H·per_read ≥ READ_BATCH matrices: few chunks per read keep
+    the operands in cache when B·H is large, several amortise the cost of each op when it is small.
+    """
+
+    def __init__(self, spec, q, decays):
+        B, H = q.shape[:2]
+        self.spec, self.per_read = spec, -(-READ_BATCH // (B * H))
+        # split once along the chunk axis (slicing per read would make each backward step write a full-size gradient)
+        self.q = q.split(self.per_read, dim=2)
+        fields = [[None] * len(self.q) if x is None else x.split(self.per_read, dim=2) for x in decays]
+        self.decays = [ChunkDecays(*parts) for parts in zip(*fields)]
+        self.pending, self.outputs = [], []
+
+    def add(self, A0, S0, inputs, scaled_grads, scales=None):
+        """Queue one chunk: its start states, update factors and read scales (tuples over the weights)."""
+        self.pending.append(((*A0, *S0), inputs + scaled_grads, scales))
+        read = len(self.outputs)
+        if len(self.pending) == self.q[read].shape[2]:
+            starts, factors, read_scales = (_chunk_axis(parts) for parts in zip(*self.pending))
+            weights = len(A0)
+            self.outputs.append(dual_read(self.spec, self.q[read], self.decays[read], starts[:weights],
+                                          starts[weights:], factors[:weights], factors[weights:], read_scales))
+            self.pending = []
+
+    def result(self):
+        """The outputs of every chunk, [B, H, N, C, Dv]."""
+        return torch.cat(self.outputs, dim=2)
+
+
+def _chunk_axis(per_chunk):
+    """A list (over chunks) of tuples of tensors as a tuple of tensors with a chunk axis at dim 2 (None: None)."""
+    if per_chunk[0] is None:
+        return None
+    if len(per_chunk) == 1:
+        return tuple(x.unsqueeze(2) for x in per_chunk[0])
+    return tuple(torch.stack(parts, dim=2) for parts in zip(*per_chunk))
+
+
 def dual_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None, update=dual_update):
     """The dual form (retention none / l2), chunk by chunk; same layout and returns as `recurrent_scan`.
 
-    Only the state hand-off `update` runs chunk after chunk; the reads of all chunks are then one batched
-    `dual_read`.
+    Only the state hand-off `update` runs chunk after chunk; the reads follow a few chunks at a time.
     """
     outputs, snapshots = [], []
     for group in _grouped(spec, q, k, v, eta, alpha, theta, delta, chunk_size):
-        starts, factors, scales = [], [], []
+        reads = ChunkReads(spec, group.q, group.decays)
         # Split once: indexing x[:, :, n] per chunk would make every backward step write a full-size gradient.
         for n, (k_n, v_n, decays_n) in enumerate(zip(group.k.unbind(2), group.v.unbind(2), _per_chunk(group.decays))):
-            starts.append((*A, *S))
-            inputs, scaled_grads, A, S, scale = update(spec, k_n, v_n, decays_n, A, S)
-            factors.append(inputs + scaled_grads)
-            scales.append(scale)
+            inputs, scaled_grads, A_next, S_next, scale = update(spec, k_n, v_n, decays_n, A, S)
+            reads.add(A, S, inputs, scaled_grads, scale)
+            A, S = A_next, S_next
             if _is_snapshot(snapshot_every, group.start, group.q.shape[3], n):
                 snapshots.append(tuple(readout(spec, A_j) for A_j in A))
-        weights = len(A)
-        starts, factors = _stack(starts), _stack(factors)
-        scales = None if scales[0] is None else _stack(scales)
-        o = dual_read(spec, group.q, group.decays, starts[:weights], starts[weights:], factors[:weights],
-                      factors[weights:], scales)
-        outputs.append(o.flatten(2, 3))
+        outputs.append(reads.result().flatten(2, 3))
     return torch.cat(outputs, dim=2), A, S, snapshots
 
 
