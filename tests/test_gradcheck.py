@@ -201,3 +201,24 @@ def test_gradcheck_initial_momentum_state(memory, chunk_size):
         return (o,) + Ss
 
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_gelu_derivative_matches_autograd():
+    """`memory.GeluDerivative` (u ⊙ GELU'(h) with its backward written out) against autograd differentiating
+    GELU twice, independently of aten's gelu_backward: values and gradients, then gradcheck."""
+    from miras_lite.memory import GeluDerivative
+
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(3, 4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    h = (3 * torch.randn(3, 4, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    grad = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
+
+    def by_autograd(u, h):
+        (derivative,) = torch.autograd.grad(torch.nn.functional.gelu(h).sum(), h, create_graph=True)
+        return u * derivative
+
+    out, expected = GeluDerivative.apply(u, h), by_autograd(u, h)
+    torch.testing.assert_close(out, expected)
+    for a, e in zip(torch.autograd.grad(out, (u, h), grad), torch.autograd.grad(expected, (u, h), grad)):
+        torch.testing.assert_close(a, e)
+    assert torch.autograd.gradcheck(GeluDerivative.apply, (u, h))
