@@ -465,9 +465,11 @@ def _():
     ## The memory filling up
 
     Replaying one layer on the first $t$ tokens of the sequence gives its memory after $t$ writes (one
-    head). **What it recalls:** for every token written so far, the relative error of reading the memory
-    back with that token's key, $\|M_t(k_i) - v_i\| / \|v_i\|$ (for an MLP memory, of its branch
-    $M(k) - k$ against the standardised value it wrote): low where the memory still holds the pair.
+    head). **What it recalls:** for every token written so far, the cosine between what the memory
+    returns for that token's key and the value the token wrote, $\cos(M_t(k_i), v_i)$ (for an MLP memory,
+    its branch $M(k) - k$ against the standardised value it wrote): near 1 where the memory still holds the
+    pair, near 0 where nothing of it is left. A memory that learns with a small step $\eta$ keeps a
+    shrunken copy of each value; the cosine counts that as recalled, as the layer's read-out does.
     **What it holds:** its weights as a heat map, rows the input coordinates, columns the output ones
     ($W$ for a linear memory, the first matrix $W_\text{in}$ for an MLP, averaged over blocks when large).
     With the delta rule each write moves $W$ only along the key just seen.
@@ -487,9 +489,10 @@ def _(mixer_inputs, run):
 @app.function
 @torch.no_grad()
 def memory_after(layer, x, head, t):
-    """(recall errors, weights) of `layer`'s memory after the first t tokens of its input x [1, T, d], one head:
-    a frame (t, position, error) over the tokens written so far, and a frame (t, row, column, weight) of its
-    first weight matrix, averaged over blocks down to at most 32 × 32 cells."""
+    """(recall, weights) of `layer`'s memory after the first t tokens of its input x [1, T, d], one head: a frame
+    (t, position, recall) over the tokens written so far (the cosine between read-back and written value), and
+    a frame (t, row, column, weight) of its first weight matrix, averaged over blocks down to at most 32 × 32
+    cells."""
     _, state = layer(x[:, :t], return_state=True)
     q, k, v, _ = layer.qkv(x[:, :t])
     spec = layer.spec
@@ -498,9 +501,9 @@ def memory_after(layer, x, head, t):
     keys = k[:, :, head:head + 1]
     read = ml.read_memory(spec, W if spec.memory == "mlp" else W[0], keys)[0, :, 0]  # [t, D]
     branch, wanted = branch_read(spec.memory, keys[0, :, 0], read), branch_read(spec.memory, keys[0, :, 0], target)
-    error = (branch - wanted).norm(dim=-1) / wanted.norm(dim=-1).clamp_min(1e-6)
-    errors = pl.DataFrame({"t": f"t = {t}", "position": list(range(t)), "error": error.tolist()})
-    return errors, block_average(W[0][0, 0], 32).with_columns(pl.lit(f"t = {t}").alias("t"))
+    recall = torch.nn.functional.cosine_similarity(branch, wanted, dim=-1)
+    recalls = pl.DataFrame({"t": f"t = {t}", "position": list(range(t)), "recall": recall.tolist()})
+    return recalls, block_average(W[0][0, 0], 32).with_columns(pl.lit(f"t = {t}").alias("t"))
 
 
 @app.cell(hide_code=True)
@@ -515,13 +518,13 @@ def _(is_mqar, mixer_inputs, run, snapshot_head, snapshot_layer):
     except Exception as _error:  # shown in the page: marimo's app mode would hide a raised error
         mo.stop(True, mo.callout(mo.md(f"**Could not replay the memory:** `{_error!r}`"), kind="danger"))
     _order = [f"t = {t}" for t in _cuts]
-    _errors = pl.concat([p[0] for p in _parts])
+    _recalls = pl.concat([p[0] for p in _parts])
     _weights = pl.concat([p[1] for p in _parts])
-    _recall = alt.Chart(_errors).mark_line(point=True).encode(
+    _recall = alt.Chart(_recalls).mark_line(point=True).encode(
         x=alt.X("position:Q", title="position i of the written token"),
-        y=alt.Y("error:Q", title="relative recall error", scale=alt.Scale(domain=[0, 1.5], clamp=True)),
+        y=alt.Y("recall:Q", title="recall (cosine with the written value)", scale=alt.Scale(domain=[-1, 1])),
         color=alt.Color("t:N", sort=_order, title="memory after"),
-        tooltip=["t:N", "position:Q", alt.Tooltip("error:Q", format=".3f")],
+        tooltip=["t:N", "position:Q", alt.Tooltip("recall:Q", format=".3f")],
     ).properties(width=560, height=180, title="what the memory recalls of each token written so far")
     # a few large entries would wash out the rest: the colour scale ends at the 98th percentile of |W|
     _limit = max(float(_weights["weight"].abs().quantile(0.98)), 1e-6)
