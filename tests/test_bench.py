@@ -79,3 +79,13 @@ def test_armt_benchmark_trains_saves_and_streams(tmp_path):
     tables = pl.read_parquet(table).partition_by("table", as_dict=True)
     assert set(tables) == {("held-out accuracy",), ("streamed accuracy vs context length",)}
     assert tables[("streamed accuracy vs context length",)]["context_length"].to_list() == [64]
+
+
+def test_armt_benchmark_streams_the_shipped_model(tmp_path):
+    """`--evaluate` streams a trained run instead of training one: the shipped model answers the short
+    contexts its training covered."""
+    out = tmp_path / "armt.parquet"
+    _run("-m", "benchmarks.armt", "--quick", "--evaluate", "data/models/armt-qa1", "--out", str(out))
+    frame = pl.read_parquet(out)
+    assert frame["context"].to_list() == [64, 256] and (frame["peak_rss_mb"] > 0).all()
+    assert frame["accuracy"][1] == 1.0

@@ -168,35 +168,38 @@ def test_dpfp_feature_map_matches_its_formula():
     assert (phi >= 0).all()
 
 
-def _reference_write(mem, m, A, z):
-    """ARMT's write, one equation at a time, for one batch element and one head."""
-    phi = lambda x: F.normalize(dpfp(x, mem.nu), dim=-1)  # noqa: E731
+def _reference_write(mem, m, A, z, first):
+    """ARMT's write, one equation at a time, for one batch element and one head, as the reference code's
+    `experimental` branch (commit 067fb10) computes it: ε in γ's numerator, γ = 1 on the first segment."""
+    phi = lambda x: F.normalize(dpfp(x, mem.nu), dim=-1) if mem.normalize else dpfp(x, mem.nu)  # noqa: E731
     A_new, z_new = A.clone(), z.clone()
     for m_i in m:
         k = phi(mem.k_proj(m_i))
         v = mem.v_proj(m_i)
         beta = torch.sigmoid(mem.beta_proj(m_i))
         v_bar = (k @ A) / (z @ k + mem.eps)                    # against A_{s-1}, z_{s-1}
-        gamma = (1 - (z @ k) / (k @ k)).clamp(0, 1)
+        gamma = torch.tensor(1.0) if first else (1 - (z @ k + mem.eps) / (k @ k)).clamp(0, 1)
         A_new = A_new + beta * torch.outer(k, v - v_bar)
         z_new = z_new + gamma * k
     return A_new, z_new
 
 
-def test_dpfp_write_and_read_follow_the_paper():
+@pytest.mark.parametrize("normalize", [True, False])
+def test_dpfp_write_and_read_follow_the_paper(normalize):
     torch.manual_seed(0)
-    mem = DPFPMemory(d_model=6, d_mem=4, num_heads=1, nu=3)
+    mem = DPFPMemory(d_model=6, d_mem=4, num_heads=1, nu=3, normalize=normalize)
     torch.nn.init.normal_(mem.v_proj.weight)
     state = mem.initial_state(1)
     A, z = state.A[0, 0], state.z[0, 0]
-    for _ in range(3):  # three segments of M = 5 memory tokens
+    for segment in range(3):  # three segments of M = 5 memory tokens
         m = torch.randn(1, 5, 6)
         state = mem.write(m, state)
-        A, z = _reference_write(mem, m[0], A, z)
+        A, z = _reference_write(mem, m[0], A, z, first=segment == 0)
         torch.testing.assert_close(state.A[0, 0], A)
-        torch.testing.assert_close(state.z[0, 0], z)
+        torch.testing.assert_close(state.z[0, 0], z, rtol=1e-7, atol=1e-7)
     x = torch.randn(1, 7, 6)
-    q = F.normalize(dpfp(mem.q_proj(x[0]), 3), dim=-1)
+    q = dpfp(mem.q_proj(x[0]), 3)
+    q = F.normalize(q, dim=-1) if normalize else q
     torch.testing.assert_close(mem.read(x, state)[0], (q @ A) / (q @ z + mem.eps)[:, None])
 
 

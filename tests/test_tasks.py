@@ -472,17 +472,52 @@ def test_babilong_accuracy_streams_segments():
         consumed = []
 
         def stream(self, segments, question_ids):
-            ids = torch.cat(list(segments))
-            self.consumed.append(len(ids))
-            text = tok.decode(ids)
-            facts = re.findall(r"(?:" + "|".join(PEOPLE) + r") [a-z ]+? \.", text)
-            answer = _answer(facts, tok.decode(question_ids[1:-1]))
-            return torch.nn.functional.one_hot(torch.tensor(tok.token_to_id[answer]), tok.vocab_size).float()
+            segments = list(segments)
+            assert all(s.dim() == 2 and s.shape[0] == question_ids.shape[0] for s in segments)
+            answers = []
+            for ids, question in zip(torch.cat(segments, dim=1), question_ids):
+                self.consumed.append(len(ids))
+                facts = re.findall(r"(?:" + "|".join(PEOPLE) + r") [a-z ]+? \.", tok.decode(ids))
+                answers.append(tok.token_to_id[_answer(facts, tok.decode(question[1:-1]))])
+            return torch.nn.functional.one_hot(torch.tensor(answers), tok.vocab_size).float()
 
-    frame = babilong_accuracy(Reader(), "qa2", context_lengths=(500, 3000), num_samples=5, segment_size=256)
+    frame = babilong_accuracy(Reader(), "qa2", context_lengths=(500, 3000), num_samples=5, segment_size=256,
+                              batch_size=2)
     assert frame["accuracy"].to_list() == [1.0, 1.0] and Reader.consumed == [500] * 5 + [3000] * 5
     assert (frame["tokens_per_s"] > 0).all()
 
+
+
+@pytest.mark.parametrize("task", ["qa1", "qa3"])
+def test_babilong_accuracy_batched_streams_answer_as_one_at_a_time(task):
+    """Reading up to `batch_size` same-length samples as one stream gives every sample the logits it gets when
+    read alone (qa3's questions differ in length: those batch apart)."""
+    from miras_lite.models import ARMT
+
+    class Recorder:
+        def __init__(self, model):
+            self.model, self.logits, self.batches = model, [], []
+
+        def stream(self, segments, question_ids):
+            logits = self.model.stream(segments, question_ids)
+            self.logits.extend(logits)
+            self.batches.append(len(logits))
+            return logits
+
+    torch.manual_seed(0)
+    model = ARMT(WordTokenizer.default().vocab_size + 200, d_model=16, n_layers=1, num_heads=2, segment_size=32,
+                 num_mem_tokens=2).eval()
+    with torch.no_grad():
+        for memory in model.memories:
+            for p in memory.parameters():
+                p.normal_(0, 0.3)
+    alone, batched = Recorder(model), Recorder(model)
+    a = babilong_accuracy(alone, task, (200,), num_samples=7, segment_size=32, batch_size=1)
+    b = babilong_accuracy(batched, task, (200,), num_samples=7, segment_size=32, batch_size=3)
+    assert alone.batches == [1] * 7 and max(batched.batches) == 3 and len(batched.batches) < 7
+    # both read the samples in the same order (grouped by length), so the logits line up
+    torch.testing.assert_close(torch.stack(batched.logits), torch.stack(alone.logits))
+    assert a["accuracy"].to_list() == b["accuracy"].to_list()
 
 # ============================================================================ language modelling
 

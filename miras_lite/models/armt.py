@@ -52,6 +52,8 @@ class ARMT(TokenLM):
                         ``num_heads`` for a spec).
         d_mem:          "dpfp" only: width of the query/key projections before DPFP (default d_model).
         dpfp_nu:        "dpfp" only: the DPFP order ν (3).
+        dpfp_normalize: "dpfp" only: L2-normalise the DPFP features (True, the reference code's `experimental`
+                        branch) or not (False, its default branch); see `DPFPMemory`.
         ffn_hidden, tie_weights: as `MirasLM`.
         conv_size:      K > 0 puts a depthwise causal convolution over K tokens in front of every attention
                         (`ShortConvMixer`; not in the paper, whose blocks are GPT-2's): a small model trained
@@ -68,7 +70,8 @@ class ARMT(TokenLM):
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2, num_heads: int = 2,
                  segment_size: int = 64, num_mem_tokens: int = 8, memory="dpfp", max_segments: int | None = None,
                  mem_heads: int | None = None, d_mem: int | None = None, dpfp_nu: int = 3,
-                 ffn_hidden: int | None = None, tie_weights: bool = True, conv_size: int = 0):
+                 ffn_hidden: int | None = None, tie_weights: bool = True, conv_size: int = 0,
+                 dpfp_normalize: bool = True):
         super().__init__(vocab_size, d_model, tie_weights)
         for name, value in (("n_layers", n_layers), ("num_heads", num_heads), ("segment_size", segment_size),
                             ("num_mem_tokens", num_mem_tokens), ("dpfp_nu", dpfp_nu)):
@@ -76,6 +79,8 @@ class ARMT(TokenLM):
         if max_segments is not None:
             check_int("max_segments", max_segments)
         check_int("conv_size", conv_size, minimum=0)
+        if not isinstance(dpfp_normalize, bool):
+            raise ValueError(f"dpfp_normalize={dpfp_normalize!r} must be True or False")
         ffn_hidden = default_ffn_hidden(d_model) if ffn_hidden is None else ffn_hidden
         check_int("ffn_hidden", ffn_hidden)
         if memory == "dpfp":
@@ -83,7 +88,7 @@ class ARMT(TokenLM):
             d_mem = d_model if d_mem is None else d_mem
             check_int("mem_heads", mem_heads)
             check_int("d_mem", d_mem)
-            make_memory = lambda: DPFPMemory(d_model, d_mem, mem_heads, dpfp_nu)  # noqa: E731
+            make_memory = lambda: DPFPMemory(d_model, d_mem, mem_heads, dpfp_nu, normalize=dpfp_normalize)  # noqa: E731
             memory_config = "dpfp"
         else:
             if isinstance(memory, str) and memory != "dpfp":
@@ -109,7 +114,8 @@ class ARMT(TokenLM):
         self.config = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, num_heads=num_heads,
                            segment_size=segment_size, num_mem_tokens=num_mem_tokens, memory=memory_config,
                            max_segments=max_segments, mem_heads=mem_heads, d_mem=d_mem, dpfp_nu=dpfp_nu,
-                           ffn_hidden=ffn_hidden, tie_weights=tie_weights, conv_size=conv_size)
+                           ffn_hidden=ffn_hidden, tie_weights=tie_weights, conv_size=conv_size,
+                           dpfp_normalize=dpfp_normalize)
 
     # ---------------------------------------------------------------------------------- pieces
 

@@ -7,7 +7,10 @@ Are Secretly Fast Weight Programmers", arXiv 2102.11174, §5.4) maps x ∈ R^d t
 
 (a sparse, non-negative, degree-2 feature map; ARMT uses ν = 3). ARMT (Rodkin, Kuratov, Bulatov &
 Burtsev 2024, "Associative Recurrent Memory Transformer", arXiv 2407.04841, §3) then L2-normalises the
-features, as its reference implementation does: φ̂(x) = φ(x) / ‖φ(x)‖.
+features, φ̂(x) = φ(x) / ‖φ(x)‖, as its reference implementation does on the `experimental` branch
+(github.com/RodkinIvan/associative-recurrent-memory-transformer, commit 067fb10 of 2024-10-24,
+modeling_amt/language_modeling.py), which this module follows. The repository's default branch
+(`framework_accel`, commit aa145de of 2024-08-02) uses φ itself: ``normalize=False``.
 
 Per layer the memory is a matrix A ∈ R^{Dφ×Dv} and a normaliser z ∈ R^{Dφ} (per memory head; row
 convention: reading is ``φ̂(q) @ A``). With memory-token outputs m_1..m_M of segment s (ARMT eqs. for
@@ -15,7 +18,7 @@ the associative block):
 
     k_i = φ̂(W_K m_i),   v_i = W_V m_i,   β_i = σ(W_β m_i)                       (W_V zero-initialised)
     v̄_i = k_iᵀ A_{s−1} / (z_{s−1}·k_i)                                         (what A already returns for k_i)
-    γ_i = 1 − (z_{s−1}·k_i) / ‖k_i‖²                                           (the share of k_i that is new)
+    γ_i = 1 − (z_{s−1}·k_i + ε) / ‖k_i‖²   (γ_i = 1 on the first write)          (the share of k_i that is new)
     A_s = A_{s−1} + Σ_i β_i k_i ⊗ (v_i − v̄_i)                                  (delta rule)
     z_s = z_{s−1} + Σ_i γ_i k_i                                                (γ correction of the normaliser)
 
@@ -24,9 +27,10 @@ and every token x of the next segment reads
     o(x) = φ̂(W_Q x)ᵀ A_s / (z_s · φ̂(W_Q x)).
 
 As in the reference code: all M memory tokens of a segment are written at once against A_{s−1}
-(the sums above), a small ε = 1e-5 is added to the denominators z·φ̂, and γ is clipped to [0, 1] and
-treated as a constant in the backward pass (stop-gradient). The zero state (A = 0, z = 0) reads 0 and
-gives v̄ = 0, γ = 1 on the first write, which is the paper's first segment.
+(the sums above), a small ε = 1e-5 is added to the denominators z·φ̂ (and so to γ's numerator, which is
+that denominator), and γ is clipped to [0, 1] and treated as a constant in the backward pass
+(stop-gradient). The zero state (A = 0, z = 0) is the paper's first segment: it reads 0 and its write has
+v̄ = 0 and γ = 1.
 """
 
 from __future__ import annotations
@@ -61,17 +65,23 @@ class DPFPMemory(nn.Module):
         num_heads: memory heads H (ARMT's default is 1); must divide d_mem and d_model.
         nu:        DPFP order ν (3 in ARMT).
         eps:       added to the denominators z·φ̂.
+        normalize: L2-normalise the DPFP features (the reference code's `experimental` branch; False: its
+                   default branch).
 
     ``read(x [B, N, d_model], state) -> [B, N, d_model]``; ``write(m [B, M, d_model], state) -> state``;
     ``initial_state(B)`` is the zero memory.
     """
 
-    def __init__(self, d_model: int, d_mem: int, num_heads: int = 1, nu: int = 3, eps: float = 1e-5):
+    def __init__(self, d_model: int, d_mem: int, num_heads: int = 1, nu: int = 3, eps: float = 1e-5,
+                 normalize: bool = True):
         super().__init__()
         for name, value in (("d_model", d_model), ("d_mem", d_mem)):
             if value % num_heads:
                 raise ValueError(f"mem_heads={num_heads} must divide {name}={value}")
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize={normalize!r} must be True or False")
         self.d_model, self.d_mem, self.num_heads, self.nu, self.eps = d_model, d_mem, num_heads, nu, eps
+        self.normalize = normalize
         self.feature_dim = 2 * nu * d_mem // num_heads
         self.q_proj = nn.Linear(d_model, d_mem, bias=False)
         self.k_proj = nn.Linear(d_model, d_mem, bias=False)
@@ -80,7 +90,8 @@ class DPFPMemory(nn.Module):
         self.beta_proj = nn.Linear(d_model, num_heads)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_mem={self.d_mem}, heads={self.num_heads}, nu={self.nu}"
+        return (f"d_model={self.d_model}, d_mem={self.d_mem}, heads={self.num_heads}, nu={self.nu}, "
+                f"normalize={self.normalize}")
 
     def initial_state(self, batch_size: int, device=None, dtype=torch.float32) -> DPFPState:
         H = self.num_heads
@@ -92,8 +103,10 @@ class DPFPMemory(nn.Module):
         return x.view(B, N, self.num_heads, -1).transpose(1, 2)
 
     def features(self, x, proj):
-        """φ̂(proj(x)) per head: ``[B, H, N, Dφ]``, unit L2 norm (0 where DPFP gives 0)."""
-        return F.normalize(dpfp(self._heads(proj(x)), self.nu), dim=-1)
+        """φ̂(proj(x)) per head: ``[B, H, N, Dφ]``, unit L2 norm (0 where DPFP gives 0); φ itself if not
+        `normalize`."""
+        phi = dpfp(self._heads(proj(x)), self.nu)
+        return F.normalize(phi, dim=-1) if self.normalize else phi
 
     def _lookup(self, phi, state):
         """``(φ̂ᵀA / (z·φ̂ + ε), z·φ̂)``, shapes ``[B, H, N, Dv]`` and ``[B, H, N, 1]``."""
@@ -112,7 +125,9 @@ class DPFPMemory(nn.Module):
         v = self._heads(self.v_proj(m))                                # [B, H, M, Dv]
         beta = torch.sigmoid(self.beta_proj(m)).transpose(1, 2).unsqueeze(-1)  # [B, H, M, 1]
         v_bar, zk = self._lookup(k, state)
-        gamma = (1.0 - zk / k.pow(2).sum(-1, keepdim=True).clamp_min(self.eps)).clamp(0.0, 1.0).detach()
+        gamma = (1.0 - (zk + self.eps) / k.pow(2).sum(-1, keepdim=True).clamp_min(self.eps)).clamp(0.0, 1.0)
+        first_write = (state.z == 0).all(-1)[..., None, None]  # [B, H, 1, 1]
+        gamma = torch.where(first_write, 1.0, gamma).detach()
         A = state.A + (beta * k).transpose(-1, -2) @ (v - v_bar)
         z = state.z + (gamma * k).sum(-2)
         return DPFPState(A, z)

@@ -524,11 +524,28 @@ class BabiLong:
         return {"accuracy": float((torch.cat(preds) == labels[:, -1]).float().mean())}
 
 
+def _same_shape_batches(samples, batch_size):
+    """`samples` in batches of at most `batch_size` that share their context and question lengths: the samples
+    of a batch are segmented alike, so they are read as one stream of [B, n] segments."""
+    groups = {}
+    for sample in samples:
+        groups.setdefault((sample.context_length, len(sample.question_ids)), []).append(sample)
+    for group in groups.values():
+        for start in range(0, len(group), batch_size):
+            yield group[start:start + batch_size]
+
+
+def _batched_segments(samples, segment_size):
+    """The contexts of same-length samples as [B, n] segments, produced lazily."""
+    return (torch.stack(parts) for parts in zip(*(sample.segments(segment_size) for sample in samples)))
+
+
 @torch.no_grad()
 def babilong_accuracy(model, task="qa1", context_lengths=(1024, 4096), num_samples=50, segment_size=1024, seed=0,
-                      filler=None, tokenizer=None):
+                      filler=None, tokenizer=None, batch_size=32):
     """Streamed accuracy vs context length: for each length, `num_samples` samples (the same stories at
-    every length) fed as model.stream(sample.segments(segment_size), sample.question_ids) -> answer logits
+    every length), up to `batch_size` at a time read as one batched stream,
+    model.stream(segments [B, n], question_ids [B, Q]) -> answer logits [B, V]
     -> polars DataFrame(context_length, accuracy, samples, tokens_per_s)."""
     if not hasattr(model, "stream"):
         raise ValueError(f"model={type(model).__name__} has no .stream(segments, question_ids) (use an ARMT)")
@@ -538,15 +555,18 @@ def babilong_accuracy(model, task="qa1", context_lengths=(1024, 4096), num_sampl
         check_int("context_lengths", length, 0)
     check_int("num_samples", num_samples)
     check_int("segment_size", segment_size)
+    check_int("batch_size", batch_size)
     bench = BabiLong(task, 0, filler, tokenizer, seed=seed)
     rows = []
     for length in context_lengths:
         correct, tokens, start = 0, 0, time.perf_counter()
-        for i in range(num_samples):
-            sample = bench.sample(i, length)
-            logits = torch.as_tensor(model.stream(sample.segments(segment_size), sample.question_ids))
-            correct += int(logits.reshape(-1, logits.shape[-1])[-1].argmax()) == sample.answer_id
-            tokens += sample.context_length + len(sample.question_ids)
+        samples = [bench.sample(i, length) for i in range(num_samples)]
+        for batch in _same_shape_batches(samples, batch_size):
+            questions = torch.stack([sample.question_ids for sample in batch])
+            logits = torch.as_tensor(model.stream(_batched_segments(batch, segment_size), questions))
+            answers = torch.tensor([sample.answer_id for sample in batch])
+            correct += int((logits.reshape(len(batch), -1).argmax(-1) == answers).sum())
+            tokens += sum(sample.context_length + len(sample.question_ids) for sample in batch)
         seconds = time.perf_counter() - start
         rows.append({"context_length": length, "accuracy": correct / num_samples, "samples": num_samples,
                      "tokens_per_s": tokens / max(seconds, 1e-9)})
