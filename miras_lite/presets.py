@@ -73,7 +73,7 @@ _NAMED = (
            recommended=Recommended(chunk_size=8, eta_max=0.3, lr=3e-3, steps=500)),
     Preset("titans", MemorySpec(memory="mlp", bias="l2", retention="l2", optimizer="momentum"),
            "S_t = θ_t S_{t-1} - η_t ∇ℓ(W_{t-1}),  W_t = α_t W_{t-1} + S_t, an MLP memory",
-           recommended=Recommended(chunk_size=16, eta_max=0.1, steps=1000)),
+           recommended=Recommended(chunk_size=16, eta_max=0.1, lr=5e-3, steps=1000)),
     Preset("moneta", MemorySpec(memory="mlp", bias="lp", retention="lq", p=3.0, q=4.0),
            "an MLP memory on the ℓ3 loss, read through the ℓ4-normalised accumulator",
            recommended=Recommended(chunk_size=16, eta_max=0.03, lr=3e-3, steps=1000)),
@@ -84,7 +84,7 @@ _NAMED = (
            recommended=Recommended(chunk_size=16, eta_max=0.5, lr=3e-3, steps=1500)),
     Preset("memora", MemorySpec(memory="mlp", bias="l2", retention="kl"),
            "an MLP memory on the l2 loss whose weights are a softmax of the accumulator (KL retention)",
-           recommended=Recommended(chunk_size=16, eta_max=0.3, lr=3e-3, steps=1000)),
+           recommended=Recommended(chunk_size=16, eta_max=0.3, lr=3e-3, steps=1500)),
 )
 NAMED_PRESETS = {p.name: p for p in _NAMED}
 PRESETS = {p.name: p.spec for p in _NAMED}
