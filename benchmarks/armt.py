@@ -75,7 +75,6 @@ def _train(recipe, args):
 
 
 def _trained(path):
-    torch.set_num_threads(1)
     run = load_run(path)
     print(f"# ARMT qa1: the trained run {path} (step {run.step}); {machine_line()}", flush=True)
     return run.model.eval()
@@ -83,6 +82,7 @@ def _trained(path):
 
 def run(args):
     recipe, evaluation = (QUICK, QUICK_EVALUATION) if args.quick else (RECIPE, EVALUATION)
+    torch.set_num_threads(1)  # the recipe trains on one thread; a trained run is streamed on one too
     model = _trained(args.evaluate) if args.evaluate else _train(recipe, args)
     rows = length_rows(model, evaluation)
     print(f"# paper: {PAPER}; peak_rss_mb is the process's peak so far (flat: streaming holds no context)")

@@ -77,11 +77,10 @@ class _Chunks:
         if length == 1:
             self.after = None
             return
-        q, k, v, eta, alpha, theta, delta = (None if x is None else x[:, :, :, 1:] for x in grouped)
+        self.q, k, v, eta, alpha, theta, delta = (None if x is None else x[:, :, :, 1:] for x in grouped)
         # kl reads its first weight through the update inputs x̂, not k: `dual_read` forms its scores
-        decays = chunk_decays(spec, None if spec.retention == "kl" else q, k, eta, alpha, theta, delta)
-        self.after = list(zip(per_chunk(k), per_chunk(v), _per_chunk(decays)))
-        self.reads = ChunkReads(spec.replace(retention="l2"), q, decays)
+        self.decays = chunk_decays(spec, None if spec.retention == "kl" else self.q, k, eta, alpha, theta, delta)
+        self.after = list(zip(per_chunk(k), per_chunk(v), _per_chunk(self.decays)))
 
 
 def boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, snapshot_every=None):
@@ -92,6 +91,7 @@ def boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, sna
     outputs, snapshots = [], []
     for start, count, length in chunk_groups(q.shape[2], chunk_size):
         group = _Chunks(spec, tensors, start, count, length)
+        reads = None if group.after is None else ChunkReads(linear, group.q, group.decays)
         lag_reads = []
         for n in range(count):
             o_lag, A, S, W_lag = exact_step(spec, group.lag[n], A, S, scaled_readout(spec, A))
@@ -103,13 +103,13 @@ def boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A, S, chunk_size, sna
                 inputs, scaled_grads = _update_factors(linear, k_n, v_n, decays,
                                                        *_gradient_point_matmuls(linear, V0, decays.b, c))
                 inputs = _natural_inputs(spec, V0, inputs)
-                group.reads.add(V0, S, inputs, scaled_grads, None if c is None else tuple(x.unsqueeze(-1) for x in c))
+                reads.add(V0, S, inputs, scaled_grads, None if c is None else tuple(x.unsqueeze(-1) for x in c))
                 V_last, S = _hand_off(linear, decays, V0, S, inputs, scaled_grads)
                 A = _chunk_end(spec, V_last)
             if _is_snapshot(snapshot_every, start, length, n):
                 snapshots.append(tuple(readout(spec, A_j) for A_j in A))
         o = torch.stack(lag_reads, dim=2).unsqueeze(3)  # [B, H, N, 1, Dv]
-        if group.after is not None:
-            o = torch.cat([o, group.reads.result()], dim=3)
+        if reads is not None:
+            o = torch.cat([o, reads.result()], dim=3)
         outputs.append(o.flatten(2, 3))
     return torch.cat(outputs, dim=2), A, S, snapshots
