@@ -10,6 +10,7 @@ import contextlib
 import glob
 import json
 import math
+import multiprocessing
 import os
 import pwd
 import re
@@ -32,6 +33,7 @@ from optuna.trial import TrialState
 from miras_lite.sweeps import load_sweep, parse_sweep, prepare, read_trials, run_sweep, work
 from miras_lite.sweeps.objective import objective
 from miras_lite.sweeps.runner import worker_command
+from miras_lite.sweeps.storage import open_study
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -435,6 +437,31 @@ def _has_trials(database):
 def _sweep_command(sweep, storage, out):
     return [sys.executable, "-m", "miras_lite", "sweep", str(sweep.path), "--workers", "2", "--storage", storage,
             "--out", str(out)]
+
+
+def _take_queued_trials(sweep_path, storage, count, results):
+    study = open_study(load_sweep(sweep_path), storage)
+    results.put([study.ask()._trial_id for _ in range(count)])
+
+
+def test_workers_taking_queued_trials_at_once_never_take_the_same_one(tmp_path):
+    """Two workers of `sweep --workers 2` once ran the same queued trial (SQLite has no row lock for Optuna's
+    read-WAITING-then-write-RUNNING), and the second failed with "Cannot tell a COMPLETE trial": every queued
+    trial must go to exactly one of four processes taking trials as fast as they can."""
+    sweep = tiny_sweep(tmp_path, "taken_once", seeds=range(40), lrs=[1e-2, 2e-2, 3e-2])
+    storage = f"sqlite:///{tmp_path / 'taken_once.sqlite3'}"
+    study, queued_count = prepare(sweep, storage)
+    assert queued_count == 120
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    takers = [context.Process(target=_take_queued_trials, args=(sweep.path, storage, 30, results)) for _ in range(4)]
+    for taker in takers:
+        taker.start()
+    taken = [trial_id for _ in takers for trial_id in results.get(timeout=120)]
+    for taker in takers:
+        taker.join(30)
+    waiting = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+    assert len(taken) == len(set(taken)) == 120 and not waiting
 
 
 @pytest.mark.slow

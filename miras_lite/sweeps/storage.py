@@ -20,6 +20,11 @@ Lost workers are found in two ways:
 
 A lost trial is retried at most ``max_retry`` times (`RetryLostTrial`). Finished trials are rows in the
 database, so a killed worker loses none.
+
+Two workers must never take the same queued trial. Optuna takes one by reading it as WAITING and writing
+RUNNING "for update"; SQLite has no row locks and Python's sqlite3 reads outside a transaction, so two workers
+could both read WAITING and both run the trial (the second then fails to record it). On SQLite every
+transaction therefore starts with BEGIN IMMEDIATE (`_serialize_transactions`): one writer at a time, reads included.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
+from sqlalchemy import event
 
 from .config import config_key
 
@@ -77,6 +83,21 @@ class RetryLostTrial(RetryHeartbeatStaleTrialCallback):
         super().__call__(study, trial)
 
 
+def _serialize_transactions(engine):
+    """Make every transaction of the SQLite ``engine`` BEGIN IMMEDIATE (SQLAlchemy's recipe for SQLite locking):
+    a read-then-write such as taking a queued trial is then atomic across processes."""
+
+    @event.listens_for(engine, "connect")
+    def _driver_does_not_begin(connection, _record):
+        connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while the storage was created get the events too
+
+
 def rdb_storage(sweep, url):
     """The RDBStorage of ``url`` with the sweep's heartbeat settings ([optuna] in the sweep file). A bad URL, a
     missing driver or a server that cannot be reached raise one ValueError naming --storage and the cause."""
@@ -89,15 +110,18 @@ def rdb_storage(sweep, url):
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
             warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=settings["heartbeat_interval"],
-                              grace_period=settings["grace_period"],
-                              heartbeat_stale_trial_callback=RetryLostTrial(settings["max_retry"]))
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=settings["heartbeat_interval"],
+                                 grace_period=settings["grace_period"],
+                                 heartbeat_stale_trial_callback=RetryLostTrial(settings["max_retry"]))
     except Exception as error:  # sqlalchemy / driver errors of many types: one message
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         cause = next((line for line in lines if not line.startswith(("(Background", "[SQL"))), type(error).__name__)
         cause = cause if len(cause) <= 240 else cause[:237] + "..."
         raise ValueError(f"--storage={redact_url(url)!r}: cannot open the study storage ({type(error).__name__}: "
                          f"{cause})") from None
+    if url.startswith("sqlite"):  # PostgreSQL locks the row Optuna reads "for update"
+        _serialize_transactions(storage.engine)
+    return storage
 
 
 def open_study(sweep, url):
