@@ -6,18 +6,47 @@ import os
 import sys
 
 
+REPORT_MODES = ("shipped", "full")
+
+
+def report_mode():
+    """How the notebook runs for `python -m miras_lite report` (the MIRAS_LITE_REPORT variable): "shipped" (no
+    training: the page shows the trained models the project ships and the runs saved under runs/), "full"
+    (`report --train`: training cells train at the settings the page shows, and the page waits for them), or
+    None (not a report)."""
+    mode = os.environ.get("MIRAS_LITE_REPORT") or None
+    if mode is not None and mode not in REPORT_MODES:
+        raise ValueError(f"MIRAS_LITE_REPORT={mode!r} is not a report mode; allowed: {', '.join(REPORT_MODES)}")
+    return mode
+
+
 def quick_mode():
     """True when a notebook should run its expensive cells at once, at a small size: when it runs as a
-    script (`python notebooks/NAME.py`) or with MIRAS_LITE_QUICK=1 (static reports, browser tests).
-    Otherwise those cells wait for their `mo.ui.run_button`."""
-    import marimo as mo
-
+    script (`python notebooks/NAME.py`) or with MIRAS_LITE_QUICK=1 (browser tests), never in a report
+    (`report_mode`). Otherwise those cells wait for their `mo.ui.run_button`."""
+    if report_mode() is not None:
+        return False
     if os.environ.get("MIRAS_LITE_QUICK") == "1":
         return True
+    return running_as_script()
+
+
+def running_as_script():
+    """True when the notebook runs as `python notebooks/NAME.py` (also in the setup cell, where marimo has not set
+    its mode yet: a script's __main__ is the notebook)."""
+    import marimo as mo
+
     mode = mo.app_meta().mode
-    if mode is None:  # in the setup cell marimo has not set the mode yet: a script's __main__ is the notebook
+    if mode is None:
         return isinstance(getattr(sys.modules["__main__"], "app", None), mo.App)
     return mode == "script"
+
+
+def script_print(*lines):
+    """Print `lines` when the notebook runs as a script, so `python notebooks/NAME.py` says what it computed (the
+    app and reports show the page instead)."""
+    if running_as_script():
+        print(*lines, sep="\n", flush=True)
 
 
 AXES = ("memory", "bias", "retention", "optimizer", "grad_at")
