@@ -49,6 +49,13 @@ def script_print(*lines):
         print(*lines, sep="\n", flush=True)
 
 
+def runs_root():
+    """Where the notebooks save and look for runs: runs/ in the working directory, or MIRAS_LITE_RUNS."""
+    from pathlib import Path
+
+    return Path(os.environ.get("MIRAS_LITE_RUNS") or "runs")
+
+
 AXES = ("memory", "bias", "retention", "optimizer", "grad_at")
 
 
@@ -148,13 +155,32 @@ def learning_curves(metrics, title):
 # ------------------------------------------------------------------------------------------ live runs
 
 
-def train_live(run, stop, output_index=1):
-    """Train the `RunConfig` `run` in the calling marimo thread, with a progress bar and learning curves drawn
-    into the cell's output (at `output_index`), redrawn at every evaluation and at most twice a second.
+class LiveStop:
+    """The `cancel` of a live run: true once Cancel was pressed (`stop`, a threading.Event) or the run's cell ran
+    again because a control changed; `reason` then says which (`fit` records it in the checkpoint)."""
+
+    def __init__(self, stop, thread):
+        self.stop, self.thread, self.reason = stop, thread, None
+
+    def __call__(self):
+        if self.stop.is_set():
+            self.reason = "cancelled"
+        elif self.thread.should_exit:
+            self.reason = "interrupted: a control changed"
+        return self.reason is not None
+
+
+def train_live(run, stop, out_dir, output_index=1):
+    """Train the `RunConfig` `run` in the calling marimo thread, with a progress line (`progress_line`) and
+    learning curves drawn into the cell's output (at `output_index`), redrawn at every evaluation and at most
+    twice a second. The run is saved in `out_dir` (run.json, checkpoint.pt, metrics.parquet), also when it is
+    cancelled or interrupted.
 
     `stop` (a threading.Event) cancels after the running step, and so does the cell running again (then
-    nothing more is drawn: a newer run owns the output). Returns (model, metrics, status, error message):
-    status "finished", "cancelled" or "failed".
+    nothing more is drawn: a newer run owns the output; marimo's progress bar is not used because it redraws
+    its thread's output when it closes, over the newer run's). In a full report (`report_mode`) progress goes to the
+    terminal. Returns (model, metrics, status, error message): status "finished", "cancelled", "interrupted"
+    or "failed".
     """
     import marimo as mo
     import polars as pl
@@ -163,39 +189,62 @@ def train_live(run, stop, output_index=1):
 
     thread = mo.current_thread()
     rows, last_draw = [], [0.0]
-    mo.output.clear()
+    cancel = LiveStop(stop, thread)
+    to_terminal = report_mode() == "full"
+    mo.output.replace(mo.md(progress_line(0, run.fit.steps)))
 
-    def cancelled():
-        return stop.is_set() or thread.should_exit
-
-    with mo.status.progress_bar(total=run.fit.steps, title="training", remove_on_exit=False) as bar:
-
-        def draw(row):
-            rows.append(row)
-            if thread.should_exit:
-                return False
-            bar.update(subtitle=f"step {row['step']}/{run.fit.steps} · loss {row['loss']:.3f}")
-            if "eval_s" in row or row["time_s"] - last_draw[0] > 0.5:
-                last_draw[0] = row["time_s"]
-                mo.output.replace_at_index(learning_curves(pl.from_dicts(rows), "learning live"), output_index)
+    def draw(row):
+        rows.append(row)
+        if to_terminal and "eval_s" in row:
+            print(f"[train] step {row['step']}/{run.fit.steps} loss {row['loss']:.3f}", file=sys.__stderr__, flush=True)
+        if thread.should_exit or ("eval_s" not in row and row["time_s"] - last_draw[0] < 0.5):
             return False
+        last_draw[0] = row["time_s"]
+        mo.output.replace_at_index(mo.md(progress_line(row["step"], run.fit.steps, row["loss"])), 0)
+        mo.output.replace_at_index(learning_curves(pl.from_dicts(rows), "learning live"), output_index)
+        return False
 
-        model, error = None, None
-        try:
-            model, metrics = run.train(callbacks=[draw], cancel=cancelled)
-        except (ValueError, TrainingDiverged) as err:
-            metrics, error = (pl.from_dicts(rows) if rows else None), str(err)
-    done = 0 if metrics is None or metrics.height == 0 else metrics["step"][-1]
-    status = "failed" if error else "finished" if done == run.fit.steps or not cancelled() else "cancelled"
+    model, error = None, None
+    try:
+        model, metrics = run.train(out_dir=out_dir, callbacks=[draw], cancel=cancel)
+    except (ValueError, TrainingDiverged) as err:
+        metrics, error = (pl.from_dicts(rows) if rows else None), str(err)
+    status = "failed" if error else "finished" if cancel.reason is None else cancel.reason.split(":")[0]
     return model, metrics, status, error
 
 
-def start_thread(target, wait):
-    """Run `target` in a marimo thread (the kernel stays free for clicks, e.g. Cancel); `wait`: join it, as a
-    script or a static report must, so the cells below see its result."""
+def progress_line(step, steps, loss=None, width=30):
+    """A live run's progress as one markdown line: a bar, "step 120/600" and the last training loss."""
+    done = round(width * step / steps)
+    loss = "" if loss is None else f" · loss {loss:.3f}"
+    return f"`{'█' * done}{'░' * (width - done)}` training: step {step}/{steps}{loss}"
+
+
+def live_run_dir(root, name):
+    """A new directory, created here, under `root` for a live run of `name`: root/YYYYmmdd-HHMMSS-name (-2, -3, ...
+    when another run took it first)."""
+    import time
+    from pathlib import Path
+
+    stem = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = stem if n == 1 else stem.with_name(f"{stem.name}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ValueError(f"root={str(root)!r}: no free run directory for {name!r} this second")
+
+
+def start_thread(target, *args, wait):
+    """Run `target(*args)` in a marimo thread (the kernel stays free for clicks, e.g. Cancel); `wait`: join it, as
+    a script or a static report must, so the cells below see its result. Pass what the thread needs as `args`: a
+    cell's private names (_x) are gone once the cell runs again."""
     import marimo as mo
 
-    thread = mo.Thread(target=target, daemon=True)
+    thread = mo.Thread(target=target, args=args, daemon=True)
     thread.start()
     if wait:
         thread.join()

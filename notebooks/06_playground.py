@@ -19,7 +19,8 @@ with app.setup(hide_code=True):
     from miras_lite.tasks.mqar import MQAR, accuracy_by_distance, accuracy_by_pairs
     from miras_lite.memory import branch_read, fittable_value
     from miras_lite.ui import (accuracy_axis, axis_dropdowns, block_average, chance_rule, chosen_spec,
-                               held_out_metric, learning_curves, legend_pick, quick_mode, start_thread, train_live)
+                               held_out_metric, learning_curves, legend_pick, live_run_dir, quick_mode, report_mode,
+                               runs_root, script_print, start_thread, train_live)
 
     TASKS = ("MQAR", "language model (characters)")
 
@@ -31,7 +32,8 @@ def _():
 
     Pick a point of the design space (memory, attentional bias, retention, inner optimiser — or a named
     preset), a task and a model size, press **Train**, and watch a small `MirasLM` learn while the loss
-    and the held-out accuracy are drawn. Every finished run is kept, so you can compare models side by side.
+    and the held-out accuracy are drawn. Every run is saved (under `runs/playground/`, also when you cancel
+    it), so you can compare models side by side, now or after a reload.
 
     **What you will learn**
 
@@ -50,7 +52,8 @@ def _():
 def _():
     # Here, not in the setup cell: a script's run mode is only known inside a cell.
     QUICK = quick_mode()
-    return (QUICK,)
+    REPORT = report_mode()
+    return QUICK, REPORT
 
 
 @app.cell
@@ -97,20 +100,28 @@ def _(preset_choice):
 
 
 @app.function
-def inner_loop_note(recommended, spec_name):
-    """One line on the inner loop the run will use (the preset's recommendation, or the layer's defaults)."""
+def inner_loop_note(recommended, spec_name, preset_name):
+    """One line on the model the run will train and its inner loop (the preset's recommendation, or the layer's
+    defaults)."""
     chunk = {"auto": "the layer's default", None: "none (the exact recurrence)"}.get(recommended.chunk_size,
                                                                                     recommended.chunk_size)
     eta = "the layer's default" if recommended.eta_max is None else f"{recommended.eta_max:g}"
-    return f"_Inner loop of {spec_name}: chunk size {chunk}, η_max {eta}._"
+    changed = (f" The axes no longer match `{preset_name}`: this trains a custom spec."
+               if spec_name == "custom" and preset_name != "custom" else "")
+    return f"_Model: {spec_name}, inner loop with chunk size {chunk}, η_max {eta}._{changed}"
 
 
 @app.cell(hide_code=True)
 def _(
-    batch, bias, cancel_button, d_model, grad_at, heads, layers, lr, memory, optimizer, pairs,
+    REPORT, batch, bias, cancel_button, d_model, grad_at, heads, layers, lr, memory, optimizer, pairs,
     preset_choice, recommended, retention, seq_len, spec_name, steps, task_choice, train_button, vocab,
 ):
-    mo.vstack(
+    # a report that trains nothing shows no controls: their values would describe no run on the page
+    mo.md(
+        "_This page is a report: it shows the trained models the project ships and the runs saved under "
+        "`runs/`, with the settings each was trained with in the table below. Open the notebook in the app "
+        "(`make app`) to train your own._"
+    ) if REPORT == "shipped" else mo.vstack(
         [
             mo.md("**Model**"),
             mo.hstack([preset_choice, memory, bias, retention, optimizer, grad_at], justify="start", wrap=True),
@@ -119,7 +130,7 @@ def _(
             mo.hstack([task_choice, vocab, seq_len, pairs], justify="start", wrap=True),
             mo.md("**Training**"),
             mo.hstack([steps, batch, lr], justify="start", wrap=True),
-            mo.md(inner_loop_note(recommended, spec_name)),
+            mo.md(inner_loop_note(recommended, spec_name, preset_choice.value)),
             mo.hstack([train_button, cancel_button], justify="start"),
         ]
     )
@@ -153,7 +164,8 @@ def _():
     $\alpha_t = \sigma(w_\alpha^\top x_t)$, then runs the memory. `ml.fit` trains it with AdamW (warmup,
     cosine schedule, gradient clipping) on the cross-entropy at the labelled positions.
     The run trains in a background thread: the chart below is redrawn while it learns, **Cancel**
-    stops it after the current step (changing a control or pressing **Train** again does too).
+    stops it after the current step. Changing a control or pressing **Train** again stops it too; the
+    stopped run is kept (marked *interrupted*) with everything it learned so far.
     """)
     return
 
@@ -177,13 +189,40 @@ def playground_run(config, spec, quick, recommended):
                                    warmup=min(50, steps // 10), eval_every=max(1, steps // 20)))
 
 
+@app.function
+def train_and_keep(run, out, config, name, stop, set_runs):
+    """Train `run` live into the calling cell's output (in a thread), save it in `out`, and add it to the page's
+    runs (also when a control change interrupted it: then a newer run owns the output and nothing is drawn)."""
+    model, metrics, status, error = train_live(run, stop, out)
+    if metrics is not None and metrics.height:
+        set_runs(lambda runs: [*runs, dict(
+            name=f"#{sum(r['status'] != 'shipped' for r in runs) + 1} {name}", model=model.eval(), config=config,
+            run_config=run, metrics=metrics, status=status, path=out,
+        )])
+    if mo.current_thread().should_exit:
+        return
+    failure = [mo.callout(mo.md(f"**The run failed:** {error}"), kind="danger")] if error else []
+    if metrics is None or metrics.height == 0:
+        mo.output.replace(mo.vstack(failure))
+        return
+    steps = f"{metrics['step'][-1]} of {run.fit.steps} steps"
+    curves = learning_curves(metrics, f"{name}: {status} after {steps}")
+    note = mo.md(f"**{name}: {status} after {steps}**, saved in `{out}`")
+    mo.output.replace(mo.vstack([note, curves, *failure]))
+    column = held_out_metric(metrics)
+    held_out = metrics[column].drop_nulls() if column in metrics.columns else []
+    score = f": held-out {column.removeprefix('eval_')} {held_out[-1]:.3f}" if len(held_out) else ""
+    script_print(f"trained {name} on {config['task']}, {status} after {steps}{score}", f"saved in {out}")
+
+
 @app.cell
 def _(
-    QUICK, batch, d_model, heads, layers, lr, model_spec, pairs, recommended, seq_len, set_runs, spec, spec_error,
-    spec_name, steps, stop_requested, task_choice, train_button, vocab,
+    QUICK, REPORT, batch, d_model, heads, layers, lr, model_spec, pairs, recommended, seq_len, set_runs, spec,
+    spec_error, spec_name, steps, stop_requested, task_choice, train_button, vocab,
 ):
     mo.stop(spec is None, mo.callout(mo.md(f"**Not a valid model:** {spec_error}"), kind="danger"))
-    mo.stop(not (train_button.value or QUICK), mo.md("Press **Train** to start a run."))
+    mo.stop(REPORT == "shipped", None)
+    mo.stop(not (train_button.value or QUICK or REPORT), mo.md("Press **Train** to start a run."))
     stop_requested.clear()
     _config = dict(
         task=task_choice.value, V=vocab.value, L=seq_len.value, D=pairs.value, d_model=d_model.value,
@@ -192,42 +231,37 @@ def _(
     )
     try:
         _run = playground_run(_config, model_spec, QUICK, recommended)
+        _out = live_run_dir(runs_root() / "playground", spec_name)
     except ValueError as _err:
         mo.stop(True, mo.callout(mo.md(f"**Cannot build this run:** {_err}"), kind="danger"))
 
-    def _train():
-        model, metrics, status, error = train_live(_run, stop_requested)
-        if mo.current_thread().should_exit:  # this cell ran again: a newer run owns its output
-            return
-        failure = [mo.callout(mo.md(f"**The run failed:** {error}"), kind="danger")] if error else []
-        if metrics is None or metrics.height == 0:
-            mo.output.replace_at_index(mo.vstack(failure), 1)
-            return
-        curves = learning_curves(metrics, f"{spec_name}: {status} after {metrics['step'][-1]} steps")
-        mo.output.replace_at_index(mo.vstack([curves, *failure]), 1)
-        set_runs(lambda runs: [*runs, dict(
-            name=f"#{len(runs) + 1} {spec_name}", model=model.eval(), config=_config, run_config=_run,
-            metrics=metrics, status=status,
-        )])
-
-    start_thread(_train, wait=QUICK)  # a script (or a static export) waits for the run: the cells below show it
+    # a script or a report waits: the cells below show the run
+    start_thread(train_and_keep, _run, _out, _config, spec_name, stop_requested, set_runs,
+                 wait=QUICK or REPORT == "full")
     return
 
 
 @app.function
+def page_run(path, name):
+    """The run directory `path` (a MirasLM trained on MQAR or characters) as a run of this page, or None for other
+    runs (ARMT, BABILong)."""
+    run = load_run(path)
+    task, model, fit = run.config.task, run.config.model, run.config.fit
+    if model.name != "miras_lm" or task.name not in ("mqar", "lm"):
+        return None
+    config = dict(task="MQAR" if task.name == "mqar" else TASKS[1], V=getattr(task, "vocab_size", None),
+                  L=task.seq_len, D=getattr(task, "num_kv_pairs", None), d_model=model.d_model,
+                  layers=model.n_layers, heads=model.num_heads, steps=fit.steps, batch=fit.batch_size, lr=fit.lr)
+    status = "finished" if run.stopped is None else run.stopped.split(":")[0]
+    return dict(name=name, model=run.model, config=config, run_config=run.config, metrics=run.metrics,
+                status=status, path=path)
+
+
+@app.function
 def shipped_runs():
-    """The trained MQAR models shipped in data/models/ (rebuilt by data/models/build.py), as runs of this page."""
-    runs = []
-    for path in find_runs(SHIPPED):
-        run = load_run(path)
-        task, model, fit = run.config.task, run.config.model, run.config.fit
-        if task.name != "mqar" or model.name != "miras_lm":
-            continue
-        config = dict(task="MQAR", V=task.vocab_size, L=task.seq_len, D=task.num_kv_pairs, d_model=model.d_model,
-                      layers=model.n_layers, heads=model.num_heads, steps=fit.steps, batch=fit.batch_size, lr=fit.lr)
-        runs.append(dict(name=f"trained {path.name}", model=run.model, config=config, run_config=run.config,
-                         metrics=run.metrics, status="shipped"))
-    return runs
+    """The trained models shipped in data/models/ (rebuilt by data/models/build.py), as runs of this page."""
+    runs = [page_run(path, f"trained {path.name}") for path in find_runs(SHIPPED)]
+    return [dict(r, status="shipped") for r in runs if r is not None]
 
 
 @app.cell
@@ -235,6 +269,37 @@ def _():
     # the page starts with the trained models the project ships; every run you train joins them
     get_runs, set_runs = mo.state(shipped_runs())
     return get_runs, set_runs
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    ## Saved runs
+
+    Every run trained here is saved under `runs/playground/`, and so are runs of the command line
+    (`python -m miras_lite train ... --out runs/NAME`) and of sweeps (`runs/sweeps/`). Pick saved runs to
+    compare them with this session's runs and the shipped models. The newest runs of this page are picked
+    when it opens, so a reload loses nothing.
+    """)
+    return
+
+
+@app.cell
+def _():
+    _root = runs_root()
+    saved_paths = {str(p.relative_to(_root)): p for p in reversed(find_runs(_root))}  # newest names first
+    _recent = [name for name in saved_paths if name.startswith("playground/")][:4]
+    saved_choice = mo.ui.multiselect(options=list(saved_paths), value=_recent, label=f"saved runs in {_root}/")
+    saved_choice if saved_paths else mo.md(f"_No saved runs in `{_root}/` yet._")
+    return saved_choice, saved_paths
+
+
+@app.cell
+def _(get_runs, saved_choice, saved_paths):
+    _live = {r["path"] for r in get_runs() if r.get("path") is not None}
+    _saved = [page_run(saved_paths[name], name) for name in saved_choice.value if saved_paths[name] not in _live]
+    runs = [*get_runs(), *(r for r in _saved if r is not None)]
+    return (runs,)
 
 
 @app.function
@@ -275,8 +340,8 @@ def _():
     mo.md(r"""
     ## All runs side by side
 
-    Every run that finished (or was cancelled) is kept for this session, next to the trained models the
-    project ships. Runs of the two tasks get their own panels (their scores are different quantities);
+    This session's runs (finished, cancelled or interrupted), the saved runs you picked and the trained
+    models the project ships. Runs of the two tasks get their own panels (their scores are different quantities);
     accuracy axes always run from 0 to 1, so chance never looks like learning. Click a name in the legend
     to pick out one run. Time is wall-clock on this machine, evaluations included.
     """)
@@ -284,14 +349,13 @@ def _():
 
 
 @app.cell(hide_code=True)
-def _(get_runs):
-    runs = get_runs()
+def _(runs):
     mo.stop(not runs, mo.md("_No finished run yet._"))
     _curves = pl.concat([run_curves(r) for r in runs])
     _pick, _opacity = legend_pick("run")
     alt.vconcat(*[comparison_panels(_curves.filter(pl.col("task") == _task), _task, _pick if _i == 0 else None,
                                     _opacity) for _i, _task in enumerate(_curves["task"].unique(maintain_order=True))])
-    return (runs,)
+    return
 
 
 @app.cell(hide_code=True)
@@ -305,7 +369,8 @@ def _(runs):
             run=_r["name"], status=_r["status"], task=_c["task"],
             size=f"d={_c['d_model']} × {_c['layers']} layers × {_c['heads']} heads",
             data=f"V={_c['V']} L={_c['L']} D={_c['D']}" if _c["task"] == "MQAR" else f"L={_c['L']}",
-            steps=int(_m["step"][-1]), seconds=round(float(_m["time_s"][-1]), 1),
+            steps=f"{int(_m['step'][-1])} of {_c['steps']}", batch=_c["batch"], lr=f"{_c['lr']:g}",
+            seconds=round(float(_m["time_s"][-1]), 1),
             final_loss=round(float(_m["loss"].tail(10).mean()), 3),
             held_out=round(float(_scores[-1]), 3) if len(_scores) else None,
         ))
@@ -316,20 +381,21 @@ def _(runs):
 @app.cell(hide_code=True)
 def _():
     mo.md(r"""
-    ## Inside one trained model
+    ## Recall: more pairs, longer distances
 
-    Pick a run. For MQAR, a fresh held-out set is drawn with several numbers of pairs (at the run's
-    $V$ and $L$), so you see whether the model **generalises to more pairs than it was trained on**, and
-    how accuracy depends on the **distance** from a key's place in the context to its query.
+    Pick MQAR runs to compare. For each, a fresh held-out set is drawn with several numbers of pairs (at
+    that run's $V$ and $L$), so you see whether a model **generalises to more pairs than it was trained
+    on**, and how accuracy depends on the **distance** from a key's place in the context to its query.
     """)
     return
 
 
 @app.cell
 def _(runs):
-    run_choice = mo.ui.dropdown(options=[r["name"] for r in runs], value=runs[-1]["name"], label="run")
-    run_choice
-    return (run_choice,)
+    _mqar = [r["name"] for r in runs if r["config"]["task"] == "MQAR"]
+    recall_choice = mo.ui.multiselect(options=_mqar, value=_mqar[-2:], label="runs")
+    recall_choice
+    return (recall_choice,)
 
 
 @app.function
@@ -341,44 +407,68 @@ def pair_counts(trained, seq_len, vocab_size):
 
 @app.function
 @torch.no_grad()
-def recall_tables(model, config, examples):
-    """Held-out MQAR accuracy of `model` per number of pairs and per key-query distance (`examples` per
-    number of pairs)."""
+def recall_tables(run, examples):
+    """Held-out MQAR accuracy of `run`'s model per number of pairs and per key-query distance (`examples` per
+    number of pairs), each with a `run` column."""
+    config = run["config"]
     counts = pair_counts(config["D"], config["L"], config["V"])
     probe = MQAR(vocab_size=config["V"], seq_len=config["L"], num_kv_pairs=counts, train_examples=None,
                  test_examples=examples, seed=1)
     inputs, labels = probe.test_set()
-    logits = model(inputs, labels=labels)["logits"]
-    return accuracy_by_pairs(logits, inputs, labels), accuracy_by_distance(logits, inputs, labels)
-
-
-@app.cell
-def _(QUICK, run_choice, runs):
-    run = next(r for r in runs if r["name"] == run_choice.value)
-    is_mqar = run["config"]["task"] == "MQAR"
-    _examples = 32 if QUICK else 128
-    by_pairs, by_distance = recall_tables(run["model"], run["config"], _examples) if is_mqar else (None, None)
-    return by_distance, by_pairs, is_mqar, run
+    logits = run["model"](inputs, labels=labels)["logits"]
+    name = pl.lit(run["name"]).alias("run")
+    return (accuracy_by_pairs(logits, inputs, labels).with_columns(name),
+            accuracy_by_distance(logits, inputs, labels).with_columns(name))
 
 
 @app.cell(hide_code=True)
-def _(by_distance, by_pairs, is_mqar, run):
-    mo.stop(not is_mqar, mo.md("_Accuracy by pairs and by distance are MQAR measurements: pick an MQAR run._"))
+def _(QUICK, recall_choice, runs):
+    mo.stop(not recall_choice.value, mo.md("_Pick one or more MQAR runs._"))
+    _picked = [r for r in runs if r["name"] in recall_choice.value]
+    _tables = [recall_tables(r, 32 if QUICK else 128) for r in _picked]
+    _by_pairs = pl.concat([t[0] for t in _tables])
+    _bins = pl.concat([t[1] for t in _tables]).with_columns(
+        pl.format("{}-{}", "distance_lo", pl.col("distance_hi") - 1).alias("distance"))
+    script_print(*(f"{r['name']}: accuracy by pairs " + ", ".join(f"D={d} {a:.2f}" for d, a in t[0].select(
+        "num_kv_pairs", "accuracy").iter_rows()) for r, t in zip(_picked, _tables)))
     _accuracy = accuracy_axis()
-    _chance = chance_rule(2 / run["config"]["V"])
-    _pairs = alt.Chart(by_pairs).mark_bar().encode(
-        x=alt.X("num_kv_pairs:O", title=f"pairs D (trained on {run['config']['D']})"),
-        y=_accuracy,
-        tooltip=["num_kv_pairs:O", alt.Tooltip("accuracy:Q", format=".3f"), "correct:Q", "total:Q"],
-    ).properties(width=260, height=220, title="accuracy per number of pairs (dashed: chance)")
-    _bins = by_distance.with_columns(pl.format("{}-{}", "distance_lo", pl.col("distance_hi") - 1).alias("distance"))
+    _chance = chance_rule(max(2 / r["config"]["V"] for r in _picked))
+    _tooltip = ["run:N", alt.Tooltip("accuracy:Q", format=".3f"), "correct:Q", "total:Q"]
+    _pairs = alt.Chart(_by_pairs).mark_line(point=True).encode(
+        x=alt.X("num_kv_pairs:Q", title="pairs D", axis=alt.Axis(tickMinStep=1)), y=_accuracy,
+        color=alt.Color("run:N"), tooltip=["num_kv_pairs:Q", *_tooltip],
+    ).properties(width=280, height=220, title="accuracy per number of pairs (dashed: chance)")
+    _order = _bins.sort("distance_lo")["distance"].unique(maintain_order=True).to_list()
     _distance = alt.Chart(_bins).mark_line(point=True).encode(
-        x=alt.X("distance:O", sort=_bins["distance"].to_list(), title="key → query distance (tokens)"),
-        y=_accuracy,
-        tooltip=["distance:N", alt.Tooltip("accuracy:Q", format=".3f"), "correct:Q", "total:Q"],
+        x=alt.X("distance:O", sort=_order, title="key → query distance (tokens)"), y=_accuracy,
+        color=alt.Color("run:N"), tooltip=["distance:N", *_tooltip],
     ).properties(width=300, height=220, title="recall vs distance (all pair counts)")
     alt.hconcat(_pairs + _chance, _distance + _chance)
     return
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    ## Inside one trained model
+
+    Pick one run to look inside: its gates on one held-out sequence, and its memory as it fills up.
+    """)
+    return
+
+
+@app.cell
+def _(runs):
+    run_choice = mo.ui.dropdown(options=[r["name"] for r in runs], value=runs[-1]["name"], label="run")
+    run_choice
+    return (run_choice,)
+
+
+@app.cell
+def _(run_choice, runs):
+    run = next(r for r in runs if r["name"] == run_choice.value)
+    is_mqar = run["config"]["task"] == "MQAR"
+    return is_mqar, run
 
 
 @app.cell(hide_code=True)

@@ -10,6 +10,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
 from browser import ROOT, KernelErrors, assert_no_errors, launch_chromium, marimo_app, save_screenshot
+from miras_lite.runs import load_run
 
 TIMEOUT_MS = 60_000
 # a tall window: the app scrolls inside its own element, so a full-page screenshot shows one window's height
@@ -60,7 +61,7 @@ def all_charts(page):
 
 
 def training_step(page):
-    """The step the progress bar of the running training shows, or None before it appears."""
+    """The step the progress line of the running training shows, or None when there is none."""
     label = page.get_by_text(STEP)
     if label.count() == 0:
         return None
@@ -68,7 +69,8 @@ def training_step(page):
 
 
 def test_playground_trains_live_and_cancels(browser, tmp_path):
-    with marimo_app(ROOT / "notebooks" / "06_playground.py") as (url, server_log):
+    with marimo_app(ROOT / "notebooks" / "06_playground.py", env={"MIRAS_LITE_RUNS": str(tmp_path / "runs")}) as (
+            url, server_log):
         page, errors = new_page(browser)
         page.goto(url)
         page.get_by_text("to start a run").wait_for()
@@ -90,8 +92,12 @@ def test_playground_trains_live_and_cancels(browser, tmp_path):
 
         page.get_by_role("button", name="Cancel").click()
         page.get_by_text("cancelled", exact=True).wait_for()  # the runs table
-        stopped_at = training_step(page)
-        assert later <= stopped_at < 500, f"the run was not cancelled (progress bar at step {stopped_at})"
+        note = page.get_by_text(re.compile(r"ttt_mlp: cancelled after (\d+) of 500 steps"))
+        stopped_at = int(re.search(r"after (\d+) of", note.first.inner_text()).group(1))
+        assert later <= stopped_at < 500, f"the run was not cancelled (it stopped at step {stopped_at})"
+        assert training_step(page) is None  # the progress line is gone: no stale progress after a cancel
+        kept = load_run(next((tmp_path / "runs" / "playground").iterdir()))
+        assert kept.stopped == "cancelled" and kept.step == stopped_at
         # live curves, all-runs comparison, recall by pairs/distance, gates, memory snapshots
         wait_until(lambda: page.locator("canvas").count() >= 5, "the charts of the finished run")
         save_screenshot(page, tmp_path, "06_playground.png")

@@ -36,10 +36,11 @@ VISIBLE_ITEMS = """chart => [...chart.querySelectorAll("svg g.role-mark > *")].f
 POINT_MARKS = ", ".join(f".chart svg g.role-mark.mark-{kind} > path" for kind in ("symbol", "rect", "arc"))
 
 
-def make_report(notebook, output):
+def make_report(notebook, output, env=None):
     return subprocess.run(
         [sys.executable, "-m", "miras_lite", "report", str(notebook), "-o", str(output)],
-        cwd=ROOT, env={**os.environ, "MARIMO_SKIP_UPDATE_CHECK": "1"}, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, env={**os.environ, "MARIMO_SKIP_UPDATE_CHECK": "1", **(env or {})}, capture_output=True, text=True,
+        timeout=600,
     )
 
 

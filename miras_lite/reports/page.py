@@ -12,6 +12,10 @@ from . import assets
 
 HERE = Path(__file__).parent
 VEGA_LITE_PREFIX = "application/vnd.vegalite."
+HOW_MADE = {  # per report mode (`ui.report_mode`)
+    "shipped": "from the trained models the project ships and the saved runs: nothing was trained for it.",
+    "full": "training every model of the page at the settings it shows.",
+}
 
 
 def json_attribute(value):
@@ -66,9 +70,9 @@ def render_page(run, notebook):
 </head>
 <body>
 <main>
-<header class="report"><p>Report of <code>{html.escape(Path(notebook).name)}</code>, run in quick mode (training
-at a small size) on {when}. Controls show the values the notebook ran with; charts are interactive
-(hover for tooltips).</p></header>
+<header class="report"><p>Report of <code>{html.escape(Path(notebook).name)}</code>, made on {when}
+{HOW_MADE[run.mode]} Controls show the values the notebook ran with; charts are interactive (hover for
+tooltips).</p></header>
 {cells_html(run)}
 </main>
 <script type="module">{(HERE / "page.js").read_text()}</script>

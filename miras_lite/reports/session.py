@@ -27,6 +27,7 @@ FROZEN = "Object.freeze("
 class NotebookRun:
     title: str
     cells: list  # the snapshot's cells: {"id", "outputs": [...], "console": [...]}
+    mode: str  # the report mode it ran in (`ui.report_mode`)
 
     @property
     def errors(self):
@@ -69,4 +70,4 @@ def run_notebook(notebook, mode="shipped", timeout=600):
             raise RuntimeError(f"marimo export html {notebook} failed ({done.returncode}):\n{(done.stderr or '')[-3000:]}")
         config = mount_config(page.read_text())
     title = config["appConfig"].get("app_title") or notebook.stem
-    return NotebookRun(title=title, cells=config["session"]["cells"])
+    return NotebookRun(title=title, cells=config["session"]["cells"], mode=mode)
