@@ -233,3 +233,36 @@ def test_report_refuses_a_bad_output_path(tmp_path):
     done = make_report(NOTEBOOKS[0], tmp_path / "report.txt")
     assert done.returncode == 2 and "output:" in done.stderr and ".html" in done.stderr, done.stderr
     assert not list(tmp_path.iterdir())
+
+
+MODE_NOTEBOOK = """
+import marimo
+
+app = marimo.App()
+
+
+@app.cell
+def _():
+    import marimo as mo
+
+    from miras_lite.ui import quick_mode, report_mode
+
+    mo.md(f"report mode {report_mode()}, quick mode {quick_mode()}")
+    return
+"""
+
+
+@pytest.mark.parametrize("train,mode,made", [(False, "shipped", "nothing was trained for it"),
+                                             (True, "full", "training every model of the page")])
+def test_a_report_tells_the_notebook_and_the_reader_how_it_was_made(tmp_path, train, mode, made):
+    """`report` runs the notebook in report mode (never the quick mode of scripts, whose small runs a report
+    must not show as results); with --train in full mode, and the page's header says which."""
+    notebook = tmp_path / "mode.py"
+    notebook.write_text(MODE_NOTEBOOK)
+    output = tmp_path / "mode.html"
+    done = subprocess.run([sys.executable, "-m", "miras_lite", "report", str(notebook), "-o", str(output),
+                           *(["--train"] if train else [])], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MARIMO_SKIP_UPDATE_CHECK": "1", "MIRAS_LITE_QUICK": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = output.read_text()
+    assert f"report mode {mode}, quick mode False" in page and made in page
