@@ -8,6 +8,7 @@
   cores made torch up to 50x slower;
 * without a GPU, Triton kernels run under the interpreter (TRITON_INTERPRET=1, set before triton is
   first imported);
+* `browser`: Debian's Chromium driven by Playwright, for the tests of the apps in a browser;
 * hypothesis profiles: "miras" (default: no deadline, derandomized so CI is reproducible) and
   "miras-random" (random search; select with HYPOTHESIS_PROFILE=miras-random).
 """
@@ -15,6 +16,7 @@
 import os
 import sys
 
+import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -31,3 +33,16 @@ try:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "miras"))
 except ImportError:  # pragma: no cover
     pass
+
+
+@pytest.fixture()
+def browser():
+    """Debian's Chromium (`browser.launch_chromium`), headless, closed after the test."""
+    from playwright.sync_api import sync_playwright
+
+    from browser import launch_chromium
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()

@@ -7,9 +7,9 @@ import time
 
 import pytest
 from playwright.sync_api import Error as PlaywrightError
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from browser import ROOT, KernelErrors, assert_no_errors, launch_chromium, marimo_app, save_screenshot
+from browser import ROOT, KernelErrors, assert_no_errors, marimo_app, save_screenshot
 from miras_lite.runs import load_run
 
 TIMEOUT_MS = 60_000
@@ -18,14 +18,6 @@ VIEWPORT = {"width": 1280, "height": 4400}
 STEP = re.compile(r"step (\d+)/(\d+)")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture()
-def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 def new_page(browser):

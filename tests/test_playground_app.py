@@ -6,9 +6,8 @@ import re
 import shutil
 
 import pytest
-from playwright.sync_api import sync_playwright
 
-from browser import ROOT, KernelErrors, assert_no_errors, launch_chromium, marimo_app, save_screenshot
+from browser import ROOT, KernelErrors, assert_no_errors, marimo_app, save_screenshot
 from miras_lite.runs import load_run
 from test_browser import TIMEOUT_MS, VIEWPORT, training_step, wait_until
 from test_report import OfflinePage, make_report, wait_for_charts
@@ -17,14 +16,6 @@ PLAYGROUND = ROOT / "notebooks" / "06_playground.py"
 SHIPPED = ROOT / "data" / "models"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture()
-def browser():
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 def open_playground(browser, url):
