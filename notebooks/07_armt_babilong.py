@@ -5,6 +5,7 @@ app = marimo.App(width="medium", app_title="miras-lite: ARMT on BABILong")
 
 with app.setup(hide_code=True):
     import html
+    import sys
     import time
 
     import altair as alt
@@ -13,16 +14,27 @@ with app.setup(hide_code=True):
     import psutil
     import torch
 
-    import miras_lite as ml
     from miras_lite.tasks import BabiLong, babilong_accuracy, babilong_sample
     from miras_lite.config import ARMTConfig, BabiLongConfig, FitConfig, RunConfig
-    from miras_lite.ui import quick_mode
+    from miras_lite.runs import SHIPPED, load_run
+    from miras_lite.ui import block_average, quick_mode, report_mode, script_print
 
     QUICK = quick_mode()
+    REPORT = report_mode()
+    # One thread, as the benchmarks: these small matrices gain nothing from two, and on a busy machine a second
+    # thread made streaming over 100 times slower here.
+    torch.set_num_threads(1)
     # A small ARMT: 2 layers of width 32, segments of 64 tokens + 8 memory tokens, the paper's DPFP memory.
     ARMT_CONFIG = dict(d_model=32, n_layers=2, num_heads=2, segment_size=64, num_mem_tokens=8, memory="dpfp")
     LENGTHS = {"1K": 1024, "4K": 4096, "16K": 16_384, "64K": 65_536, "256K": 262_144, "1M": 1_048_576}
-    LONG_SAMPLES = 2  # samples per length above 64K tokens: each costs minutes
+    LONG_SAMPLES = 2  # samples per length above 64K tokens: each 1M-token sample costs 10–20 s
+    # Quick mode (a script, the browser tests): a tiny training run, and accuracy on a few short stories
+    QUICK_RUN = dict(steps=8, batch_size=8, test_examples=16)
+    QUICK_LENGTHS = ((128, 512, 2048), 3)  # lengths, samples per length
+    # The trained ARMT the project ships (the recipe of `benchmarks.armt`) and its accuracy by context length,
+    # measured by `python -m benchmarks.armt --evaluate data/models/armt-qa1 --out data/models/armt-qa1/lengths.parquet`.
+    SHIPPED_RUN = load_run(SHIPPED / "armt-qa1")
+    SHIPPED_LENGTHS = pl.read_parquet(SHIPPED_RUN.path / "lengths.parquet")
 
 
 @app.cell(hide_code=True)
@@ -40,8 +52,8 @@ def _():
 
     - what a BABILong-style sample looks like, and where its facts sit in contexts of 1K to 1M tokens;
     - how ARMT reads and writes its memory (a delta rule over DPFP features);
-    - how far a *short* training run on this CPU gets on qa1, and how its accuracy holds up when the
-      same stories are stretched to 1M tokens (streamed, never stored);
+    - how far a trained ARMT (the one this project ships, or a short run of your own) gets on qa1, and how
+      its accuracy holds up when the same stories are stretched to 1M tokens (streamed, never stored);
     - what the memory looks like after every segment, and why time and memory per segment stay flat.
     """)
     return
@@ -176,7 +188,10 @@ def _():
 
     Attention never crosses a segment boundary, so a segment costs $O((S + M)^2)$ however long the
     context, and the state carried forward is a fixed $L \times D_\phi \times D_v$ numbers.
-    Here: $S = 64$, $M = 8$, width 32, 2 layers, $D_\phi = 2 \cdot 3 \cdot 32 = 192$, $D_v = 32$.
+    The model you train below: $S = 64$, $M = 8$, width 32, 2 layers, $D_\phi = 2 \cdot 3 \cdot 32 = 192$,
+    $D_v = 32$. The trained model the project ships: $S = 128$, $M = 8$, width 64, 2 layers,
+    $D_\phi = 2 \cdot 3 \cdot 64 = 384$, $D_v = 64$, plus a causal convolution over 6 tokens in front of
+    every attention (not in the paper; without it a model this small, trained from scratch, stays at chance).
     """)
     return
 
@@ -184,13 +199,19 @@ def _():
 @app.cell(hide_code=True)
 def _():
     mo.md(r"""
-    ## 3. A short training run on qa1
+    ## 3. A trained ARMT, and a short training run of your own
 
-    A `RunConfig` with a small curriculum: contexts of 64 tokens (one segment plus the question) for the
-    first half, then 192 tokens (three segments: the answer must cross at least one memory write), the
-    length the held-out stories have. AdamW at $3\cdot10^{-3}$, batches of 32, a held-out test set of 100 stories. This
-    is a few minutes on this CPU, so it waits for the button; quick mode trains a handful of steps only
-    (accuracy at chance, but every chart below still runs).
+    The project ships an ARMT trained on qa1 with the recipe of `python -m benchmarks.armt`: a curriculum
+    that starts with no filler (story and question in one segment, so attention alone answers) and grows
+    the contexts to 256, 512, 1024 and 2048 tokens each time the training loss falls below 0.4, so that
+    the answer must come through the memory; 600 CPU-seconds on one thread. The cells below show it at
+    once.
+
+    **Train** trains a new, smaller one here instead: a `RunConfig` with a short curriculum, contexts of
+    64 tokens (one segment plus the question) for the first half, then 192 tokens (three segments: the
+    answer must cross at least one memory write), the length its held-out stories have. AdamW at
+    $3\cdot10^{-3}$, batches of 32, a held-out test set of 100 stories; 300 steps take about half a minute
+    on one core. Once it is trained, every cell below shows it in place of the shipped one.
     """)
     return
 
@@ -199,49 +220,108 @@ def _():
 def _():
     train_steps = mo.ui.slider(100, 800, step=50, value=300, label="training steps", show_value=True)
     train_button = mo.ui.run_button(label="Train")
-    mo.hstack([train_steps, train_button], justify="start")
+    # only controls that describe the model on the page are shown
+    if REPORT == "shipped":
+        _controls = mo.md("_This page is a report: nothing was trained for it, every cell shows the shipped "
+                          "model. Open the notebook in the app (`make app`) to train your own._")
+    elif REPORT == "full":
+        _controls = mo.vstack([mo.md("_This report trained a new ARMT at this setting:_"), train_steps])
+    elif QUICK:
+        _controls = mo.md(f"_Quick mode: a tiny run of {QUICK_RUN['steps']} steps (batches of "
+                          f"{QUICK_RUN['batch_size']}, {QUICK_RUN['test_examples']} test stories) trains at once, "
+                          "so every cell below runs; expect chance accuracy._")
+    else:
+        _controls = mo.hstack([train_steps, train_button], justify="start")
+    _controls
     return train_button, train_steps
+
+
+@app.function
+def armt_run(steps, batch_size=32, test_examples=100):
+    """The `RunConfig` of a fresh ARMT (ARMT_CONFIG) trained `steps` steps on qa1: 64 tokens, then 192 from
+    steps // 2."""
+    return RunConfig(task=BabiLongConfig("qa1", context_length=192, test_examples=test_examples),
+                     model=ARMTConfig(**ARMT_CONFIG),
+                     fit=FitConfig(steps=steps, batch_size=batch_size, lr=3e-3, eval_every=max(1, steps // 6)),
+                     curriculum=((0, {"context_length": 64}), (steps // 2, {})))
 
 
 @app.function
 @mo.cache
 def train_armt(steps, batch_size=32, test_examples=100):
-    """A fresh ARMT (ARMT_CONFIG) trained `steps` steps on qa1 (64 tokens, then 192 from steps // 2)
-    -> (model, per-step metrics)."""
-    run = RunConfig(task=BabiLongConfig("qa1", context_length=192, test_examples=test_examples),
-                    model=ARMTConfig(**ARMT_CONFIG),
-                    fit=FitConfig(steps=steps, batch_size=batch_size, lr=3e-3, eval_every=max(1, steps // 6)),
-                    curriculum=((0, {"context_length": 64}), (steps // 2, {})))
+    """`armt_run(...)` trained -> (model, per-step metrics); in a full report, progress goes to the terminal."""
+
+    def progress(row):
+        bar.update(subtitle=f"loss {row['loss']:.3f}")
+        if REPORT == "full" and (row["step"] % 50 == 0 or row["step"] == steps):
+            print(f"[07 train] step {row['step']}/{steps} loss {row['loss']:.3f}", file=sys.__stderr__, flush=True)
+
     with mo.status.progress_bar(total=steps, title="training ARMT on qa1") as bar:
-        return run.train(callbacks=[lambda row: bar.update(subtitle=f"loss {row['loss']:.3f}")])
+        return armt_run(steps, batch_size, test_examples).train(callbacks=[progress])
+
+
+@app.function
+def model_line(run, steps):
+    """What a run's ARMT is, in one line: size, segments and the training it had."""
+    model, task = run.model, run.task
+    conv = f", a causal convolution over {model.conv_size} tokens" if model.conv_size else ""
+    return (f"width {model.d_model}, {model.n_layers} layers, {model.num_heads} heads, segments of "
+            f"{model.segment_size} + {model.num_mem_tokens} memory tokens{conv}; {steps} training steps on contexts "
+            f"of at most {task.context_length:,} tokens")
 
 
 @app.cell
 def _(train_button, train_steps):
-    mo.stop(not (train_button.value or QUICK), mo.md("Press **Train** (about 1–3 minutes here)."))
-    model, train_log = train_armt(8, batch_size=8, test_examples=16) if QUICK else train_armt(train_steps.value)
-    return model, train_log
+    # the model every cell below shows: the shipped one, unless one was trained here
+    if QUICK:
+        _steps, _name, _short = QUICK_RUN["steps"], "a tiny quick-mode ARMT", "quick run"
+        _config = armt_run(**QUICK_RUN)
+    elif train_button.value or REPORT == "full":
+        _steps, _name, _short = train_steps.value, "the ARMT trained here", "trained here"
+        _config = armt_run(_steps)
+    else:
+        _config = None
+    if _config is None:
+        shown_model = dict(name="the shipped ARMT (`data/models/armt-qa1`)", short="shipped armt-qa1",
+                           model=SHIPPED_RUN.model.eval(), log=SHIPPED_RUN.metrics, run=SHIPPED_RUN.config,
+                           about=model_line(SHIPPED_RUN.config, SHIPPED_RUN.step))
+    else:
+        _model, _log = train_armt(_steps, _config.fit.batch_size, _config.task.test_examples)
+        shown_model = dict(name=_name, short=f"{_short} ({_steps} steps)", model=_model.eval(), log=_log,
+                           run=_config, about=model_line(_config, _steps))
+    model = shown_model["model"]
+    return model, shown_model
 
 
 @app.cell(hide_code=True)
-def _(train_log):
+def _():
+    mo.md(r"""
+    The learning curves of the model the cells below show: its training loss on the answer token at every
+    step, and its accuracy on held-out stories at every evaluation (dashed: chance, 1 of 6 places).
+    """)
+    return
+
+
+@app.cell(hide_code=True)
+def _(shown_model):
+    _log, _task = shown_model["log"], shown_model["run"].task
     _loss = (
-        alt.Chart(train_log)
+        alt.Chart(_log)
         .mark_line()
         .encode(
             x=alt.X("step:Q"),
             y=alt.Y("loss:Q", title="training loss (answer token)"),
-            tooltip=["step:Q", alt.Tooltip("loss:Q", format=".3f"), "context_length:Q"],
+            tooltip=["step:Q", alt.Tooltip("loss:Q", format=".3f")],
         )
         .properties(width=300, height=220, title="Loss")
     )
     _accuracy = (
-        alt.Chart(train_log.filter(pl.col("eval_accuracy").is_not_null()))
+        alt.Chart(_log.filter(pl.col("eval_accuracy").is_not_null()))
         .mark_line(point=True, color="#1a7f37")
         .encode(
-            x=alt.X("step:Q"),
+            x=alt.X("step:Q", scale=alt.Scale(domain=[0, _log["step"].max()])),
             y=alt.Y("eval_accuracy:Q", title="held-out accuracy", scale=alt.Scale(domain=[0, 1])),
-            tooltip=["step:Q", alt.Tooltip("eval_accuracy:Q", format=".0%"), "context_length:Q"],
+            tooltip=["step:Q", alt.Tooltip("eval_accuracy:Q", format=".0%")],
         )
     )
     _chance = (
@@ -249,18 +329,34 @@ def _(train_log):
         .mark_rule(strokeDash=[4, 4], color="gray")
         .encode(y="chance (1 of 6 places):Q", tooltip=[alt.Tooltip("chance (1 of 6 places):Q", format=".3f")])
     )
-    alt.hconcat(_loss, (_accuracy + _chance).properties(width=300, height=220, title="Accuracy on the test set"))
+    _held_out = _log["eval_accuracy"].drop_nulls()
+    script_print(f"model: {shown_model['name']}: {shown_model['about']}; held-out accuracy {_held_out[-1]:.2f}")
+    mo.vstack(
+        [
+            mo.md(
+                f"**The cells below show {shown_model['name']}**: {shown_model['about']}. Held-out accuracy "
+                f"{_held_out[-1]:.0%} ({_task.test_examples} stories of {_task.context_length:,} tokens)."
+            ),
+            alt.hconcat(
+                _loss,
+                (_accuracy + _chance).properties(
+                    width=300, height=220,
+                    title=f"Accuracy on {_task.test_examples} held-out stories of {_task.context_length:,} tokens",
+                ),
+            ),
+        ]
+    )
     return
 
 
 @app.cell(hide_code=True)
 def _():
     mo.md(r"""
-    **What to expect.** 300 steps reach roughly 35–45% held-out accuracy here: clearly above chance
-    (dashed), far from solved. Part of it is the easy part of qa1 — answer with a place that was
-    mentioned at all — and only part is the real skill, tracking *the last move of the person asked
-    about*. Longer runs with a longer curriculum (`python -m miras_lite train --task babilong --model armt`)
-    go further.
+    **What to expect.** The shipped model answers over 90% of held-out 2K-token stories. A 300-step run
+    here reaches roughly 35–45% on its 192-token stories: clearly above chance, far from solved. Part of
+    it is the easy part of qa1 — answer with a place that was mentioned at all — and only part is the real
+    skill, tracking *the last move of the person asked about*; the shipped recipe's longer curriculum is
+    what teaches the rest.
 
     **Try this:** train 100 steps, then 600: does the accuracy on 192-token contexts move once the
     curriculum switches at the halfway point?
@@ -277,19 +373,69 @@ def _():
     which pulls the contexts one segment at a time from the lazy sample generators and keeps only the
     memories: a 1M-token context never exists in memory. The stories are the same at every length
     (section 1), so a drop in accuracy is the memory failing to keep the facts across more filler.
-    Streaming a batch runs at roughly 50 000–75 000 tokens/s on one core of a laptop-class CPU, so a
-    1M-token sample costs about 15–20 s: lengths above 64K use `LONG_SAMPLES` = 2 samples whatever the
-    slider says (the table's `samples` column). Pick the range, then press the button.
+
+    The chart starts with the shipped model's curve, measured by `python -m benchmarks.armt --evaluate`
+    (its table is shipped next to the model). **Measure accuracy** measures the model the cells show, here:
+    streaming runs at roughly 50 000–90 000 tokens/s on one core, so a 1M-token sample costs 10–20 s and
+    lengths above 64K use `LONG_SAMPLES` = 2 samples whatever the slider says (the table's `samples`
+    column).
     """)
     return
 
 
+@app.function
+def tokens_name(length):
+    """A context length as the page names it: 256, 2K, 64K, 1M, 10M."""
+    for unit, size in (("M", 2**20), ("K", 2**10)):
+        if length >= size and length % size == 0:
+            return f"{length // size}{unit}"
+    return f"{length:,}"
+
+
+@app.function
+def samples_note(frame):
+    """How an accuracy table was measured, in words: "100 samples per length at 2K, 16K and 64K tokens, 20 at
+    1M" (consecutive lengths with the same number of samples together)."""
+    groups = []
+    for length, samples in frame.select("context_length", "samples").iter_rows():
+        if groups and groups[-1][0] == samples:
+            groups[-1][1].append(tokens_name(length))
+        else:
+            groups.append((samples, [tokens_name(length)]))
+    parts = [f"{n} at {', '.join(names[:-1]) + ' and ' if len(names) > 1 else ''}{names[-1]}"
+             for n, names in groups]
+    parts[0] = parts[0].replace(" at ", " samples per length at ", 1) + " tokens"
+    return ", ".join(parts)
+
+
 @app.cell
 def _():
+    # the shipped model's table from `benchmarks.armt`, in the columns of `babilong_accuracy`
+    shipped_lengths = SHIPPED_LENGTHS.select(
+        pl.col("context").alias("context_length"), "accuracy", "samples", "tokens_per_s", "peak_rss_mb"
+    )
+    return (shipped_lengths,)
+
+
+@app.cell
+def _(shipped_lengths):
     max_length = mo.ui.dropdown(options=list(LENGTHS), value="64K", label="longest context")
     samples_per_length = mo.ui.slider(2, 30, step=1, value=8, label="samples per length", show_value=True)
     accuracy_button = mo.ui.run_button(label="Measure accuracy")
-    mo.hstack([max_length, samples_per_length, accuracy_button], justify="start")
+    # only controls that describe a curve on the page are shown
+    _shipped = f"_The shipped model's curve: {samples_note(shipped_lengths)}._"
+    if REPORT == "shipped":
+        _controls = mo.md(_shipped + " _Nothing was measured for this report._")
+    elif REPORT == "full":
+        _controls = mo.vstack([mo.md(_shipped + " _This report measured the model it trained at these settings:_"),
+                               mo.hstack([max_length, samples_per_length], justify="start")])
+    elif QUICK:
+        _controls = mo.md(_shipped + f" _Quick mode measures {QUICK_LENGTHS[1]} samples per length at "
+                          f"{', '.join(f'{n:,}' for n in QUICK_LENGTHS[0])} tokens._")
+    else:
+        _controls = mo.vstack([mo.md(_shipped),
+                               mo.hstack([max_length, samples_per_length, accuracy_button], justify="start")])
+    _controls
     return accuracy_button, max_length, samples_per_length
 
 
@@ -320,13 +466,16 @@ class TracedStream:
 @app.function
 def accuracy_vs_length(model, lengths, num_samples):
     """Streamed qa1 accuracy at every length (LONG_SAMPLES samples above 64K tokens) -> (polars DataFrame
-    from `babilong_accuracy`, the per-segment trace of the last batch at the longest length)."""
+    from `babilong_accuracy`, the per-segment trace of the last batch at the longest length). In a full report,
+    progress goes to the terminal."""
     counts = [num_samples if length <= LENGTHS["64K"] else min(num_samples, LONG_SAMPLES) for length in lengths]
     frames = []
     with mo.status.progress_bar(total=sum(counts), title="streaming test stories") as bar:
         traced = TracedStream(model, bar)
         for length, count in zip(lengths, counts):
             bar.update(increment=0, subtitle=f"context length {length:,}")
+            if REPORT == "full":
+                print(f"[07 measure] {count} samples of {length:,} tokens", file=sys.__stderr__, flush=True)
             frames.append(babilong_accuracy(traced, "qa1", (length,), num_samples=count,
                                             segment_size=model.segment_size))
     return pl.concat(frames), pl.DataFrame(traced.trace)
@@ -334,48 +483,63 @@ def accuracy_vs_length(model, lengths, num_samples):
 
 @app.cell
 def _(accuracy_button, max_length, model, samples_per_length):
-    mo.stop(not (accuracy_button.value or QUICK), mo.md("Press **Measure accuracy** (after training)."))
+    # None until the button (at once in quick mode and in a full report)
     if QUICK:
-        by_length, segment_trace = accuracy_vs_length(model, (128, 512, 2048), 3)
-    else:
+        measured = accuracy_vs_length(model, *QUICK_LENGTHS)
+    elif accuracy_button.value or REPORT == "full":
         _lengths = [256] + [n for n in LENGTHS.values() if n <= LENGTHS[max_length.value]]
-        by_length, segment_trace = accuracy_vs_length(model, _lengths, samples_per_length.value)
-    return by_length, segment_trace
+        measured = accuracy_vs_length(model, _lengths, samples_per_length.value)
+    else:
+        measured = None
+    return (measured,)
 
 
 @app.cell(hide_code=True)
-def _(by_length):
+def _(measured, shipped_lengths, shown_model):
+    _curves = [shipped_lengths.drop("peak_rss_mb").with_columns(pl.lit("shipped armt-qa1 (benchmarks.armt)").alias("curve"))]
+    if measured is not None:
+        _curves.append(measured[0].with_columns(pl.lit(f"{shown_model['short']}, measured here").alias("curve")))
+    _by_length = pl.concat(_curves).with_columns(pl.col("tokens_per_s").round(0))
     _points = (
-        alt.Chart(by_length)
+        alt.Chart(_by_length)
         .mark_line(point=True)
         .encode(
             x=alt.X("context_length:Q", scale=alt.Scale(type="log"), title="context length (tokens, log)"),
             y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy"),
-            tooltip=["context_length:Q", alt.Tooltip("accuracy:Q", format=".0%"), "samples:Q",
+            color=alt.Color("curve:N", title=None, legend=alt.Legend(orient="bottom")),
+            tooltip=["curve:N", "context_length:Q", alt.Tooltip("accuracy:Q", format=".0%"), "samples:Q",
                      alt.Tooltip("tokens_per_s:Q", format=",.0f", title="tokens / s")],
         )
     )
     _chance = alt.Chart(pl.DataFrame({"y": [1 / 6]})).mark_rule(strokeDash=[4, 4], color="gray").encode(y="y:Q")
+    for _rows in _by_length.partition_by("curve", maintain_order=True):
+        script_print(f"{_rows['curve'][0]}: accuracy by context length " + ", ".join(
+            f"{tokens_name(n)} {a:.2f}" for n, a in _rows.select("context_length", "accuracy").iter_rows()))
     mo.vstack(
         [
             (_points + _chance).properties(width=600, height=240,
                                            title="qa1 accuracy vs context length (streamed; dashed: chance)"),
-            mo.ui.table(
-                by_length.with_columns(pl.col("tokens_per_s").round(0)), selection=None, show_download=False
-            ),
+            mo.ui.table(_by_length, selection=None, show_download=False),
         ]
     )
     return
 
 
 @app.cell(hide_code=True)
-def _():
-    mo.md(r"""
-    **Reading the curve.** The model was trained on contexts of at most 192 tokens (three segments). If
-    its accuracy holds at 1M tokens, whatever it knows survives ~16 000 memory writes of filler; if it
-    falls, look at section 5 for how the memory changes segment by segment. With 8 samples per length
-    (the default), one sample is 12.5 points: differences of that size are noise.
-    """)
+def _(shipped_lengths):
+    _trained = SHIPPED_RUN.config.task.context_length
+    _curve = ", ".join(f"{a:.0%} at {tokens_name(n)} ({s} sample{'s' * (s != 1)})"
+                       for n, a, s in shipped_lengths.select("context_length", "accuracy", "samples").iter_rows())
+    mo.md(
+        f"""
+    **Reading the curve.** The shipped model was trained on contexts of at most {_trained:,} tokens
+    ({_trained // SHIPPED_RUN.config.model.segment_size} segments). Measured: {_curve}; chance is 17%. What it
+    stored survives its training length, then fades with more filler: training on longer contexts is what
+    the paper does (up to 16K tokens) to reach ~80% at 50M tokens. Section 5 shows how the memory changes
+    segment by segment. With 8 samples per length one sample is 12.5 points: differences of that size are
+    noise.
+    """
+    )
     return
 
 
@@ -384,11 +548,11 @@ def _():
     mo.md(r"""
     ## 5. The memory, segment by segment
 
-    One test story (1024 tokens, 16 segments) is run through `ARMT.segment` one segment at a time and the
-    memory $A^l_s$ of each layer is kept after every segment. The line shows how much each segment
-    *wrote*, $\|A^l_s - A^l_{s-1}\|_F$, with the segments that contain a fact marked; the heatmap shows
-    $A^l_s$ itself, or the write $A^l_s - A^l_{s-1}$, for the segment you pick (rows: the 192 DPFP
-    features, columns: the 32 value dimensions).
+    One test story (1024 tokens: 8 segments for the shipped model, 16 for the one you train) is run through
+    `ARMT.segment` one segment at a time and the memory $A^l_s$ of each layer is kept after every segment.
+    The line shows how much each segment *wrote*, $\|A^l_s - A^l_{s-1}\|_F$, with the segments that contain
+    a fact marked; the heatmap shows $A^l_s$ itself, or the write $A^l_s - A^l_{s-1}$, for the segment you
+    pick (rows: the value dimensions, columns: the DPFP features).
     """)
     return
 
@@ -429,7 +593,7 @@ def _(model, story_index):
 
 
 @app.cell(hide_code=True)
-def _(fact_segments, traced_sample, write_sizes):
+def _(fact_segments, memories, shown_model, traced_sample, write_sizes):
     # segment 0 writes into an empty memory: leave it out of the comparison
     _ratio = (
         write_sizes.filter(pl.col("segment") > 0)
@@ -442,8 +606,9 @@ def _(fact_segments, traced_sample, write_sizes):
         [
             mo.md(
                 f"Story: {' '.join(traced_sample.facts)} — question: *{traced_sample.question}* "
-                f"(answer: **{traced_sample.answer}**); facts in segments {fact_segments}. "
-                f"Mean write of a fact segment over that of a filler segment (segments 1–15): {_ratios or 'n/a'}."
+                f"(answer: **{traced_sample.answer}**); facts in segments {fact_segments} of "
+                f"{memories.shape[0]}, read by the model {shown_model['short']}. Mean write of a fact segment over "
+                f"that of a filler segment (segments 1–{memories.shape[0] - 1}): {_ratios or 'n/a'}."
             ),
             (
                 alt.Chart(pl.DataFrame({"segment": fact_segments}))
@@ -479,21 +644,18 @@ def _(layer_pick, memories, segment_pick, view):
     _matrix = memories[_s, _l]
     if view.value != "memory A_s":
         _matrix = _matrix - (memories[_s - 1, _l] if _s > 0 else 0)
-    _rows, _cols = _matrix.shape
-    _frame = pl.DataFrame(
-        {
-            "feature": [r for r in range(_rows) for _ in range(_cols)],
-            "value dim": [c for _ in range(_rows) for c in range(_cols)],
-            "entry": _matrix.flatten().tolist(),
-        }
-    )
+    _features, _values = _matrix.shape
+    # at most 192 feature columns (the shipped model's 384 features are averaged in pairs)
+    _frame = block_average(_matrix.T, 192).rename({"row": "value dim", "column": "feature", "weight": "entry"})
+    _pooled = f", averaged in blocks of {_features // 192}" if _features > 192 else ""
     _limit = max(_matrix.abs().max().item(), 1e-12)
     (
         alt.Chart(_frame)
         .mark_rect()
         .encode(
-            x=alt.X("feature:O", title=f"DPFP feature (of {_rows})", axis=alt.Axis(labels=False, ticks=False)),
-            y=alt.Y("value dim:O", title="value dimension", axis=alt.Axis(values=list(range(0, _cols, 8)))),
+            x=alt.X("feature:O", title=f"DPFP feature (of {_features}{_pooled})",
+                    axis=alt.Axis(labels=False, ticks=False)),
+            y=alt.Y("value dim:O", title="value dimension", axis=alt.Axis(values=list(range(0, _values, 8)))),
             color=alt.Color("entry:Q", scale=alt.Scale(scheme="redblue", domain=[-_limit, _limit], reverse=True)),
             tooltip=["feature:Q", "value dim:Q", alt.Tooltip("entry:Q", format=".4f")],
         )
@@ -506,10 +668,10 @@ def _(layer_pick, memories, segment_pick, view):
 def _():
     mo.md(r"""
     **Try this:** the memory tokens write at *every* segment, filler or not. Do the segments with a fact
-    (yellow) write more than their neighbours? Check a few test stories: after a short training run the
-    answer is "often, not always". Then step the segment slider with "write" selected: which DPFP
-    features does a fact segment write to, compared with a filler segment? The memory starts at zero
-    ($A_0 = 0$, $z_0 = 0$), so segment 0's write is the whole memory.
+    (yellow) write more than their neighbours? Check a few test stories, for the shipped model and for
+    one you trained. Then step the segment slider with "write" selected: which DPFP features does a fact
+    segment write to, compared with a filler segment? The memory starts at zero ($A_0 = 0$, $z_0 = 0$),
+    so segment 0's write is the whole memory.
     """)
     return
 
@@ -519,16 +681,27 @@ def _():
     mo.md(r"""
     ## 6. Time and memory per segment stay flat
 
-    While section 4 streamed its longest stories, every segment pulled by `ARMT.stream` was timed and the
-    process's resident memory (RSS) read after it. Nothing grows with the position in the context: the
-    work per segment is one $(S + M)$-token block per layer, and the carried state is the same fixed size
-    after 1 segment as after 16 000.
+    Every segment pulled by `ARMT.stream` is timed and the process's resident memory (RSS) read after it:
+    for the longest stories of section 4's measurement, or, until you measure, for one 64K-token test story
+    streamed when the page loads. Nothing grows with the position in the context: the work per segment is
+    one $(S + M)$-token block per layer, and the carried state is the same fixed size after 1 segment as
+    after 16 000.
     """)
     return
 
 
+@app.cell
+def _(measured, model):
+    # section 4's trace, or one 64K-token story (about a second)
+    if measured is None:
+        segment_trace, traced_what = accuracy_vs_length(model, (LENGTHS["64K"],), 1)[1], "one 64K-token story"
+    else:
+        segment_trace, traced_what = measured[1], "the longest stories of section 4"
+    return segment_trace, traced_what
+
+
 @app.cell(hide_code=True)
-def _(model, segment_trace):
+def _(model, segment_trace, shipped_lengths, traced_what):
     _state_bytes = sum(t.numel() * t.element_size() for layer in model.initial_state(1) for t in layer)
     # at most ~400 points: average consecutive segments
     _bin = max(1, segment_trace.height // 400)
@@ -543,18 +716,28 @@ def _(model, segment_trace):
         x=alt.X("tokens read:Q", title="tokens read so far"),
         tooltip=["tokens read:Q", alt.Tooltip("ms per segment:Q", format=".2f"), alt.Tooltip("RSS (MB):Q", format=".1f")],
     )
+
+    def _panel(column, color, title):
+        # from 0 with a third of headroom: a flat line sits in the upper half, never on the top edge
+        _top = 1.35 * _binned[column].max()
+        return _base.mark_line(color=color).encode(
+            y=alt.Y(f"{column}:Q", scale=alt.Scale(domain=[0, _top], nice=False))
+        ).properties(width=300, height=220, title=title)
+
+    _rates, _rss = shipped_lengths["tokens_per_s"], shipped_lengths["peak_rss_mb"]
     mo.vstack(
         [
             alt.hconcat(
-                _base.mark_line().encode(y=alt.Y("ms per segment:Q", scale=alt.Scale(domainMin=0)))
-                .properties(width=300, height=220, title=f"Time per segment (mean of {_bin})"),
-                _base.mark_line(color="#b35806").encode(y=alt.Y("RSS (MB):Q", scale=alt.Scale(domainMin=0)))
-                .properties(width=300, height=220, title="Process memory (RSS)"),
+                _panel("ms per segment", "#4c78a8", f"Time per segment (mean of {_bin})"),
+                _panel("RSS (MB)", "#b35806", "Process memory (RSS)"),
             ),
             mo.md(
+                f"Traced: {traced_what}, {segment_trace.height:,} segments in {segment_trace['seconds'].sum():.1f} s. "
                 f"The carried memory state of one story (all layers, $A$ and $z$): **{_state_bytes / 1024:.1f} KiB**, "
-                f"whatever the context length; this trace: {segment_trace.height:,} segments, "
-                f"{segment_trace['seconds'].sum():.1f} s."
+                f"whatever the context length. The shipped model's benchmark streamed "
+                f"{tokens_name(shipped_lengths['context_length'][0])} to "
+                f"{tokens_name(shipped_lengths['context_length'][-1])} tokens at {_rates.min():,.0f}–{_rates.max():,.0f} "
+                f"tokens/s with a peak RSS of {_rss.min():,.0f}–{_rss.max():,.0f} MB."
             ),
         ]
     )
