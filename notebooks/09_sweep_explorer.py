@@ -4,22 +4,26 @@ __generated_with = "0.25.2"
 app = marimo.App(width="medium", app_title="miras-lite: sweep explorer")
 
 with app.setup(hide_code=True):
-    import tempfile
+    import json
+    import sys
     from pathlib import Path
 
     import altair as alt
     import marimo as mo
     import polars as pl
-    import torch
 
     import miras_lite as ml
-    from miras_lite.sweeps import load_sweep, prepare, read_trials, run_sweep, work
-    from miras_lite.sweeps.export import parameter_columns
-    from miras_lite.ui import quick_mode
+    from miras_lite.sweeps import load_sweep, prepare, read_trials, run_sweep
+    from miras_lite.sweeps.export import seed_agreement, swept_axes
+    from miras_lite.sweeps.storage import redact_url
+    from miras_lite.ui import report_mode, runs_root, script_print
 
-    QUICK = quick_mode()
+    REPORT = report_mode()
     ROOT = Path(ml.__file__).resolve().parents[1]
-    SMALL_SWEEP = ROOT / "sweeps" / "mqar_small.toml"
+    SWEEP_FILES = {p.name: p for p in sorted((ROOT / "sweeps").glob("*.toml"))}
+    SMALL_SWEEP = "mqar_small.toml"  # what the button offers first, and what a full report runs
+    SHIPPED = ROOT / "data" / "sweeps"  # results shipped with the project (data/sweeps/README.md: how to rebuild)
+    WORKERS = 2
 
 
 @app.cell(hide_code=True)
@@ -47,79 +51,145 @@ def _():
     return
 
 
+@app.function
+def sweep_outputs(name):
+    """Where a sweep run from this page keeps its study and its results, as the sweep command does (under runs/,
+    or MIRAS_LITE_RUNS): (storage URL, parquet path)."""
+    folder = runs_root() / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / name}.sqlite3", folder / f"{name}.parquet"
+
+
+@app.function
+def run_here(path):
+    """Run the sweep file `path` as `python -m miras_lite sweep PATH --workers 2` does (same study, same parquet,
+    so a second run resumes), with a progress bar -> dict(out: the parquet path, storage, queued: the trials that
+    ran now, planned: the configurations of the file)."""
+    sweep = load_sweep(path)
+    storage, out = sweep_outputs(sweep.name)
+    _, queued = prepare(sweep, storage)
+    with mo.status.progress_bar(total=sweep.n_trials, title=f"sweep {sweep.name}", subtitle="starting workers") as bar:
+        def on_progress(done, total):
+            bar.update(increment=done - bar.current, subtitle=f"{done}/{total} trials finished")
+            if REPORT == "full":
+                print(f"[09 sweep] {sweep.name}: {done}/{total} trials finished", file=sys.__stderr__, flush=True)
+
+        run_sweep(sweep, storage, workers=WORKERS, out=out, on_progress=on_progress)
+    return dict(out=out, storage=storage, queued=queued, planned=sweep.n_trials)
+
+
 @app.cell
 def _():
-    source = mo.ui.text(value="runs/sweeps/mqar_axes.parquet", label="trials (parquet file or storage URL)",
-                        full_width=True)
-    sweep_file = mo.ui.text(value="sweeps/mqar_axes.toml", label="sweep file (for a storage URL)", full_width=True)
-    launch = mo.ui.run_button(label="Run the small sweep (4 trials, 2 workers)")
-    return launch, source, sweep_file
-
-
-@app.cell(hide_code=True)
-def _(launch, source, sweep_file):
-    mo.vstack([
-        mo.md("## The trials\n\nOpen a sweep's parquet file or its study, or launch the small sweep "
-              "(`sweeps/mqar_small.toml`) here."),
-        source, sweep_file, launch,
-    ])
-    return
+    # the sweep file the button runs (it also names the study of a storage URL below)
+    sweep_file = mo.ui.dropdown(options=list(SWEEP_FILES), value=SMALL_SWEEP, label="sweep file")
+    return (sweep_file,)
 
 
 @app.cell
-def _(launch):
-    # The small sweep, once the button is pressed: 2 worker processes and a progress bar. As a script
-    # (quick mode) the same trials run in this process: starting workers costs more than these trials.
-    launched = None
-    if launch.value or QUICK:
-        small = load_sweep(SMALL_SWEEP)
-        storage = f"sqlite:///{Path(tempfile.mkdtemp(prefix='sweep-explorer-')) / 'small.sqlite3'}"
-        if QUICK:
-            prepare(small, storage)
-            work(small, storage)
-            launched = read_trials(storage, small)
-        else:
-            with mo.status.progress_bar(total=small.n_trials, title="small sweep", subtitle="starting workers") as bar:
-                def on_progress(done, total):
-                    bar.update(increment=done - bar.current, subtitle=f"{done}/{total} trials finished")
+def _(sweep_file):
+    _planned = load_sweep(SWEEP_FILES[sweep_file.value]).n_trials
+    launch = mo.ui.run_button(label=f"Run sweeps/{sweep_file.value} ({_planned} trials, {WORKERS} workers)")
+    # only controls that describe what the page shows are shown
+    if REPORT == "shipped":
+        _controls = mo.md("_This page is a report: no sweep ran for it; it shows the results chosen below. Open "
+                          "the notebook in the app (`make app`) to run a sweep._")
+    elif REPORT == "full":
+        _controls = mo.md(f"_This report ran `sweeps/{sweep_file.value}` ({_planned} trials, {WORKERS} workers) "
+                          "and shows its results._")
+    else:
+        _controls = mo.vstack([
+            mo.md(f"Run a sweep file here, as `python -m miras_lite sweep sweeps/{sweep_file.value} --workers "
+                  f"{WORKERS}` would: its results go to `{runs_root()}/sweeps/`, and a second run resumes (it skips "
+                  "the finished configurations). `mqar_small.toml` takes a minute or two on two cores."),
+            mo.hstack([sweep_file, launch], justify="start"),
+        ])
+    mo.vstack([mo.md("## The trials"), _controls])
+    return (launch,)
 
-                launched = run_sweep(small, storage, workers=2, on_progress=on_progress)
+
+@app.cell
+def _(launch, sweep_file):
+    # a sweep runs only when the button is pressed (or in a full report, which waits for it)
+    launched = None
+    if launch.value or REPORT == "full":
+        launched = run_here(SWEEP_FILES[sweep_file.value])
     return (launched,)
 
 
 @app.function
-def open_trials(text, sweep_path):
-    """The trials frame of a parquet file or of a study (a storage URL; the sweep file names the study);
-    None when the file does not exist yet."""
-    text = text.strip()
-    if text.startswith(("sqlite:", "postgresql")):
-        return read_trials(text, load_sweep(ROOT / sweep_path))
-    path = Path(text) if Path(text).is_absolute() else ROOT / text
-    return pl.read_parquet(path) if path.exists() else None
+def result_files():
+    """The results this page can show, by label: the parquet files of earlier sweeps (newest first), then the
+    results shipped with the project."""
+    folder = runs_root() / "sweeps"
+    saved = sorted(folder.glob("*.parquet"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    shipped = sorted(SHIPPED.glob("*.parquet"))
+    return {**{str(p): p for p in saved}, **{f"data/sweeps/{p.name} (shipped)": p for p in shipped}}
 
 
 @app.cell
-def _(launched, source, sweep_file):
-    trials = launched if launched is not None else open_trials(source.value, sweep_file.value)
-    mo.stop(trials is None, mo.callout(mo.md(
-        f"`{source.value}` does not exist yet: run `python -m miras_lite sweep sweeps/mqar_axes.toml --workers 2`, "
-        "or press **Run the small sweep**."), kind="info"))
+def _(launched):
+    result_paths = result_files()
+    _ran = next((label for label, p in result_paths.items() if launched and p == launched["out"]), None)
+    results = mo.ui.dropdown(options=list(result_paths), value=_ran or next(iter(result_paths), None),
+                             label="results")
+    study_url = mo.ui.text(placeholder="postgresql://user@host/db", full_width=True,
+                           label="or a running study: its storage URL (the sweep file above names the study)")
+    if launched is None:
+        _note = mo.md("")
+    elif launched["queued"]:
+        _note = mo.md(f"**The sweep finished:** {launched['queued']} of its {launched['planned']} configurations "
+                      f"ran now; its results: `{launched['out']}`.")
+    else:
+        _note = mo.md(f"**Nothing ran:** each of the {launched['planned']} configurations already had a finished "
+                      f"trial in `{launched['storage']}` (delete it and `{launched['out']}` to start over).")
+    mo.vstack([_note, results] if REPORT else [_note, results, study_url])
+    return result_paths, results, study_url
+
+
+@app.cell
+def _(result_paths, results, study_url, sweep_file):
+    _url = study_url.value.strip()
+    if _url:
+        _sweep = load_sweep(SWEEP_FILES[sweep_file.value])
+        trials, shown = read_trials(_url, _sweep), f"the study `{_sweep.name}` in `{redact_url(_url)}`"
+    else:
+        mo.stop(results.value is None, mo.callout(mo.md(
+            "No results yet: press **Run** above, or run `python -m miras_lite sweep sweeps/mqar_axes.toml "
+            "--workers 2`."), kind="info"))
+        trials, shown = pl.read_parquet(result_paths[results.value]), f"`{results.value}`"
+    mo.stop(trials.height == 0, mo.callout(mo.md(f"{shown} holds no trials yet."), kind="info"))
     complete = trials.filter(pl.col("status") == "complete")
-    # the axes that vary in this sweep (the seed is averaged over, never an axis)
-    axes = [c for c in dict.fromkeys(("memory", "bias", "retention", "optimizer", "preset", *parameter_columns(trials)))
-            if c in trials.columns and c != "seed" and trials[c].n_unique() > 1]
-    return axes, complete, trials
+    axes = swept_axes(trials)  # the axes that vary in this sweep (the seed is averaged over, never an axis)
+    return axes, complete, shown, trials
 
 
 @app.cell(hide_code=True)
-def _(trials):
-    _counts = trials.group_by("status").len().sort("status")
+def _(axes, complete, shown, trials):
+    _counts = ", ".join(f"{n} {s}" for s, n in trials.group_by("status").len().sort("status").iter_rows())
     _failed = trials.filter(pl.col("status") != "complete").select("trial", "status", "reason")
+    _table, _rho = seed_agreement(trials)
+    _best, _recall = (_table, "mean") if _rho else (complete.sort("recall", descending=True), "recall")
+    _seeds = [c for c in _table.columns if c.startswith("recall seed=")] if _rho else []
+    script_print(f"sweep results: {shown.replace('`', '')}, {trials.height} trials ({_counts})",
+                 f"best configurations (recall{', mean over ' + str(len(_seeds)) + ' seeds' if _rho else ''}):",
+                 *(" ".join(f"{a}={row[a]}" for a in axes) + f": {row[_recall]:.3f}"
+                   + (" (" + ", ".join(f"{c.removeprefix('recall ')} {row[c]:.3f}" for c in _seeds) + ")" if _rho else "")
+                   for row in _best.head(5).iter_rows(named=True)),
+                 *([f"Spearman rank correlation between seeds: {r:.2f}" for r in _rho.values()]))
+    _agreement = [
+        mo.md("**Do the seeds agree?** Each configuration's recall per seed; where two seeds of one configuration "
+              "disagree, its budget ends near the step where the model starts to learn, and the ranking is luck. "
+              "Spearman's rank correlation between the seeds' columns: "
+              + ", ".join(f"seeds {a} and {b}: **{r:.2f}**" for (a, b), r in _rho.items()) + " (1: the same order)."),
+        mo.ui.table(_table.with_columns(pl.selectors.float().round(3)), selection=None, show_download=False,
+                    page_size=12),
+    ] if _rho else []
     mo.vstack([
-        mo.md(f"**{trials.height} trials**: " + ", ".join(f"{n} {s}" for s, n in _counts.iter_rows())
-              + ". A diverged trial keeps the message of `ml.TrainingDiverged`; a trial whose worker was "
-              "killed is marked failed and queued again, so a re-run finishes it."),
+        mo.md(f"Shown: {shown}. **{trials.height} trials**: {_counts}. A diverged trial keeps the message of "
+              "`ml.TrainingDiverged`; a trial whose worker was killed is marked failed and queued again, so a "
+              "re-run finishes it."),
         mo.ui.table(_failed, selection=None, show_download=False) if _failed.height else mo.md(""),
+        *_agreement,
     ])
     return
 
@@ -174,10 +244,7 @@ def _(color_by, complete, facet_column, facet_row, trials):
 @app.function
 def json_setting(frame, section, key):
     """A setting of the sweep's first trial (from the `settings` JSON column)."""
-    import json
-
     return json.loads(frame.filter(pl.col("settings").is_not_null())["settings"][0])[section][key]
-
 
 
 @app.cell(hide_code=True)
@@ -196,7 +263,7 @@ def _():
 def _(color_by, complete, trials):
     _brush = alt.selection_interval(encodings=["x", "y"])
     _points = complete.drop("accuracy_by_pairs", "loss_curve", "settings", "reason")
-    _tips = [c for c in _points.columns if c not in ("retry_of", "status", "train_s")]
+    _tips = [c for c in _points.columns if c not in ("retry_of", "status", "train_s", "run_dir")]
     _color = alt.Color(f"{color_by.value}:N") if color_by.value else alt.value("steelblue")
     scatter = mo.ui.altair_chart(
         alt.Chart(_points).mark_circle(size=70).encode(
@@ -215,7 +282,8 @@ def _(color_by, complete, trials):
 def _(axes, complete, scatter):
     _picked = scatter.value if len(scatter.value) else complete
     best = pl.DataFrame(_picked).sort("recall", descending=True)
-    _columns = ["trial", *axes, *[c for c in ("seed",) if c in best.columns], "recall", "final_loss", "duration_s"]
+    _columns = ["trial", *axes, *[c for c in ("seed",) if c in best.columns], "recall", "final_loss", "duration_s",
+                *[c for c in ("run_dir",) if c in best.columns]]
     mo.vstack([
         mo.md(f"**Best configurations** ({best.height} {'selected' if len(scatter.value) else ''} trials, by recall)"),
         mo.ui.table(best.select(_columns).with_columns(pl.col("recall", "final_loss", "duration_s").round(3)),
@@ -285,7 +353,10 @@ def _():
 
     - **Resume.** Run `python -m miras_lite sweep sweeps/mqar_small.toml` twice: the second run queues
       nothing, because every planned configuration already has a finished trial in
-      `runs/sweeps/mqar_small.sqlite3`. Then open `runs/sweeps/mqar_small.parquet` above.
+      `runs/sweeps/mqar_small.sqlite3`. Then pick `runs/sweeps/mqar_small.parquet` above.
+    - **Load a trial's model.** Every trial trains into its own run directory (the `run_dir` column of the
+      table above, e.g. `runs/sweeps/mqar_small/trial-0`). The playground (`06_playground.py`) lists it among
+      its saved runs, next to the runs you train there.
     - **Shared study.** Start `python -m miras_lite sweep SWEEP.toml --storage postgresql://...` on one
       machine and `... --worker --storage postgresql://...` on others: all of them take trials from one queue.
     - **Kill a worker** (`kill -9`) in the middle of a trial and run the sweep again after `grace_period`

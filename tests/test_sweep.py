@@ -509,3 +509,69 @@ def test_an_immediate_rerun_after_a_sigkilled_sweep_retries_the_killed_trials(tm
     after = {t.number: t for t in trials_of(sweep, storage)}
     for n in finished:  # nothing finished was lost or run again
         assert after[n].datetime_complete == before[n].datetime_complete
+
+
+# ------------------------------------------------------------------------------------ run directories
+
+
+@pytest.fixture(autouse=True)
+def _runs_in_tmp(tmp_path, monkeypatch):
+    """Every sweep of these tests keeps its trials' run directories under tmp_path (MIRAS_LITE_RUNS, inherited by
+    worker processes), not in the working tree's runs/."""
+    monkeypatch.setenv("MIRAS_LITE_RUNS", str(tmp_path / "runs"))
+
+
+def test_every_trial_trains_into_a_run_directory_named_in_the_parquet_that_load_run_opens(tmp_path):
+    from miras_lite.runs import find_runs, load_run
+
+    sweep = tiny_sweep(tmp_path, "dirs", steps=3, seeds=(0, 1), lrs=(1e-2,))
+    storage, out = f"sqlite:///{tmp_path / 'dirs.sqlite3'}", tmp_path / "dirs.parquet"
+    run_sweep(sweep, storage, workers=1, out=out)
+    frame = pl.read_parquet(out)
+    assert frame["status"].to_list() == ["complete", "complete"]
+    assert frame["run_dir"].to_list() == [str(tmp_path / "runs" / "sweeps" / "dirs" / f"trial-{n}") for n in (0, 1)]
+    assert find_runs(tmp_path / "runs") == [Path(p) for p in frame["run_dir"]]  # the playground lists them
+    for row in frame.iter_rows(named=True):
+        run = load_run(row["run_dir"])
+        assert run.step == 3 and run.config.seed == row["seed"]
+        assert run.metrics["loss"].to_list() == pytest.approx(row["loss_curve"])
+        assert json.loads(row["settings"])["fit"] == run.config.to_dict()["fit"]
+
+
+def test_a_study_started_again_under_the_same_name_never_writes_into_an_earlier_trials_directory(tmp_path):
+    """Trial numbers start at 0 again in a new study (its SQLite file deleted): the new trial 0 takes trial-0-2;
+    a retried trial (a new number) has a directory of its own anyway."""
+    sweep = tiny_sweep(tmp_path, "again", steps=2, seeds=(0,), lrs=(1e-2,))
+    first, second = (f"sqlite:///{tmp_path / name}" for name in ("first.sqlite3", "second.sqlite3"))
+    frames = []
+    for storage in (first, second):
+        prepare(sweep, storage)
+        work(sweep, storage)
+        frames.append(read_trials(storage, sweep))
+    folder = tmp_path / "runs" / "sweeps" / "again"
+    assert [f["run_dir"].to_list() for f in frames] == [[str(folder / "trial-0")], [str(folder / "trial-0-2")]]
+    assert (folder / "trial-0" / "checkpoint.pt").is_file() and (folder / "trial-0-2" / "checkpoint.pt").is_file()
+
+
+def test_a_sigkilled_trials_retry_trains_into_a_new_directory(tmp_path):
+    """The killed attempt keeps its directory (what it wrote before the kill); the retry, a trial of its own, writes
+    its model elsewhere, and the parquet names the retry's directory."""
+    from miras_lite.runs import load_run
+
+    sweep = tiny_sweep(tmp_path, "retried", steps=1000, seeds=(0,), lrs=(1e-2,))
+    storage = f"sqlite:///{tmp_path / 'retried.sqlite3'}"
+    prepare(sweep, storage)
+    worker = subprocess.Popen(worker_command(sweep, storage), stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("run_dir" in t.user_attrs for t in trials_of(sweep, storage)):
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        worker.kill()
+    frame = run_sweep(sweep, storage, workers=1)  # the dead worker's trial is failed and retried at once
+    killed = frame.filter(pl.col("status") == "failed").row(0, named=True)
+    retry = frame.filter(pl.col("retry_of") == killed["trial"]).row(0, named=True)
+    assert retry["status"] == "complete" and retry["run_dir"] != killed["run_dir"]
+    assert Path(killed["run_dir"]).is_dir() and load_run(retry["run_dir"]).step == 1000

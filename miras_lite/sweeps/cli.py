@@ -1,4 +1,5 @@
-"""``python -m miras_lite sweep SWEEP.toml``: run a sweep, print the best configurations, write parquet.
+"""``python -m miras_lite sweep SWEEP.toml``: run a sweep, print the best configurations (and, when seeds are
+swept, the recall of every configuration per seed and how alike the seeds rank them), write parquet.
 
     python -m miras_lite sweep sweeps/mqar_axes.toml --workers 2
     python -m miras_lite sweep sweeps/mqar_axes.toml --storage postgresql://user@host/db   # shared study
@@ -16,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from .config import load_sweep
+from .export import seed_agreement
 from .runner import run_sweep, work
 from .storage import check_storage_url, default_storage, redact_url
 
@@ -55,8 +57,14 @@ def run(args):
     counts = ", ".join(f"{n} {s}" for s, n in frame.group_by("status").len().sort("status").iter_rows())
     print(f"# {frame.height} trials ({counts}) in {time.perf_counter() - start:.1f}s; wrote {out}")
     best = frame.filter(pl.col("status") == "complete").sort("recall", descending=True)
-    with pl.Config(tbl_rows=10, tbl_cols=-1, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
+    with pl.Config(tbl_rows=30, tbl_cols=-1, tbl_width_chars=160, tbl_hide_dataframe_shape=True):
         print(best.select("trial", *sweep.space, "recall", "final_loss", "duration_s").head(10))
+        table, rho = seed_agreement(frame)
+        if rho:  # seeds swept: do the seeds rank the configurations alike?
+            print("# recall per configuration and seed")
+            print(table.with_columns(pl.selectors.float().round(3)).head(30))
+            print("# Spearman rank correlation of the configurations' recall between seeds: "
+                  + ", ".join(f"seeds {a} and {b}: {r:.2f}" for (a, b), r in rho.items()))
     return 0
 
 

@@ -4,12 +4,14 @@ Columns: trial, status ("complete", "diverged", "failed", "running", "waiting"),
 trial this one retries, after a worker was lost), the swept parameters, the memory axes of the trial's
 spec (preset, memory, bias, retention, optimizer), the metrics (recall, final_loss, train_s),
 the curves (accuracy_by_pairs: list of {num_kv_pairs, accuracy}; loss_curve: the training loss per
-step), duration_s (start to end of the trial) and settings (the trial's full settings as JSON).
+step), duration_s (start to end of the trial), settings (the trial's full settings as JSON) and run_dir (the
+trial's run directory, `objective.trial_dir`: its trained model, loadable with `miras_lite.runs.load_run`).
 """
 
 from __future__ import annotations
 
 import json
+from itertools import combinations
 from pathlib import Path
 
 import optuna
@@ -20,7 +22,7 @@ from .storage import is_current, rdb_storage
 
 SPEC_AXES = ("preset", "memory", "bias", "retention", "optimizer")
 METRICS = ("recall", "final_loss", "train_s", "accuracy_by_pairs", "loss_curve")
-RECORD = ("trial", "status", "reason", "retry_of", "duration_s", "settings")
+RECORD = ("trial", "status", "reason", "retry_of", "duration_s", "settings", "run_dir")
 LOST_WORKER = "the worker stopped during the trial (no heartbeat); it is queued again"
 
 
@@ -49,7 +51,7 @@ def trial_row(trial):
             "retry_of": trial.system_attrs.get("failed_trial"),
             **json.loads(trial.user_attrs["config_key"]), **{axis: spec.get(axis) for axis in SPEC_AXES},
             **{name: trial.user_attrs.get(name) for name in METRICS}, "duration_s": duration,
-            "settings": json.dumps(settings) if settings else None}
+            "settings": json.dumps(settings) if settings else None, "run_dir": trial.user_attrs.get("run_dir")}
 
 
 def trials_frame(study, sweep=None):
@@ -66,6 +68,13 @@ def parameter_columns(frame):
     return [c for c in frame.columns if c not in (*RECORD, *SPEC_AXES, *METRICS)]
 
 
+def swept_axes(frame):
+    """The columns of a trials frame that tell its configurations apart: the memory axes and swept parameters
+    that take more than one value, the seed left out (a configuration is trained once per seed)."""
+    names = dict.fromkeys(("memory", "bias", "retention", "optimizer", "preset", *parameter_columns(frame)))
+    return [c for c in names if c in frame.columns and c != "seed" and frame[c].n_unique() > 1]
+
+
 def read_trials(source, sweep=None):
     """The trials frame from a parquet file, or from a storage URL (then ``sweep`` names the study)."""
     if not str(source).startswith(("sqlite:", "postgresql")):
@@ -77,3 +86,28 @@ def read_trials(source, sweep=None):
     except KeyError:
         raise ValueError(f"source={source!r} holds no study named {sweep.name!r}") from None
     return trials_frame(study, sweep)
+
+
+def seed_agreement(frame):
+    """Do the seeds rank the configurations alike? -> (table, rho): the recall of every configuration (`swept_axes`)
+    as one row, one column ``recall seed=S`` per seed, best first by the mean; and the
+    Spearman rank correlation between the seeds' columns, one per pair of seeds {(s1, s2): rho}. Finished trials
+    only; a configuration missing a seed has a null there (left out of that pair's correlation). Without a
+    ``seed`` column or with fewer than two seeds (or two configurations), rho is {}."""
+    complete = frame.filter(pl.col("status") == "complete")
+    if "seed" not in complete.columns or complete["seed"].n_unique() < 2:
+        return complete, {}
+    index = swept_axes(complete)
+    if not index:  # a single configuration
+        complete, index = complete.with_columns(configuration=pl.lit("all")), ["configuration"]
+    seeds = sorted(complete["seed"].unique().to_list())
+    columns = [f"recall seed={s}" for s in seeds]
+    table = (complete.pivot("seed", index=index, values="recall", aggregate_function="mean")
+             .rename({str(s): column for s, column in zip(seeds, columns)}).select(*index, *columns)
+             .with_columns(pl.mean_horizontal(columns).alias("mean")).sort("mean", descending=True))
+    rho = {}
+    for (first, a), (second, b) in combinations(zip(seeds, columns), 2):
+        pair = table.select(a, b).drop_nulls()
+        if pair.height >= 2:
+            rho[(first, second)] = pair.select(pl.corr(a, b, method="spearman")).item()
+    return table, rho
