@@ -17,12 +17,20 @@ as Jupyter does:
 Other options are passed to ``marimo run`` (e.g. ``--headless``, ``--session-ttl=60``: an option that takes a
 value as ``--option=value``); ``--sandbox`` is refused, because it would run the server in another process
 without the origin checks.
+
+The gallery shows each notebook's card with the title and description of the notebook's docstring (its first
+line, then the rest; `notebook_card`) and, for a numbered notebook (``NN_name.py``), a picture of its place in
+the course (`course_picture`) instead of marimo's placeholder, which repeats the title. marimo reads a card's
+text from a ``[tool.marimo.opengraph]`` table in the notebook's script metadata too, and takes it first, but
+warns on every run of such a notebook that its config reader ignores that table.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import ipaddress
+import re
 import secrets
 import socket
 import sys
@@ -32,6 +40,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PORT = 2718
 GUARD_NAME = "miras_lite.origin_guard"
+CARD_PICTURE = "miras-lite-card.png"  # beside marimo's own thumbnail (opengraph.png), which is shown first
 _LOCAL_NAMES = ("localhost",)
 _WILDCARDS = ("0.0.0.0", "::", "")
 
@@ -126,6 +135,89 @@ class OriginGuard:
         await send({"type": "http.response.body", "body": body})
 
 
+def notebook_card(path):
+    """(title, description or None) from the docstring of the notebook at `path`, or None without one."""
+    try:
+        doc = ast.get_docstring(ast.parse(Path(path).read_text(encoding="utf-8")))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    if not doc:
+        return None
+    title, _, rest = doc.partition("\n")
+    return title.strip(), " ".join(rest.split()) or None
+
+
+def course_picture(number, numbers):
+    """An SVG card (1200 × 630) with the notebook's number in large type and one dot per notebook of the course
+    (`numbers`), the current one filled: where the notebook stands, without repeating its title."""
+    step = min(90, 960 // max(len(numbers), 1))
+    dots = "".join(
+        f'<circle cx="{140 + i * step}" cy="500" r="18" fill="{"#59b39a" if n == number else "#ffffff"}" '
+        f'stroke="#59b39a" stroke-width="4"/>'
+        for i, n in enumerate(numbers))
+    return ('<svg xmlns="http://www.w3.org/2000/svg" width="1200" height="630" viewBox="0 0 1200 630">'
+            '<rect width="1200" height="630" fill="#f8fafc"/>'
+            '<rect x="48" y="48" width="1104" height="534" rx="24" fill="#ffffff" stroke="#e2e8f0" stroke-width="2"/>'
+            '<rect x="48" y="48" width="16" height="534" fill="#59b39a"/>'
+            f'<text x="120" y="380" font-family="sans-serif" font-size="280" font-weight="700" fill="#0f172a">'
+            f'{number:02d}</text>'
+            '<text x="1100" y="120" text-anchor="end" font-family="sans-serif" font-size="36" font-weight="600" '
+            'fill="#64748b">miras-lite</text>'
+            f'{dots}</svg>')
+
+
+def _numbered(folder):
+    """{number: path} of the NN_*.py files in `folder`."""
+    return {int(match.group(1)): path for path in sorted(Path(folder).glob("*.py"))
+            if (match := re.match(r"(\d+)_", path.name))}
+
+
+def write_course_pictures(paths):
+    """Render `course_picture` as a PNG for every numbered notebook among `paths` (files or folders) into marimo's
+    output folder of the notebook (__marimo__/assets/STEM/, where the gallery may serve pictures from);
+    returns the files written or already current."""
+    import vl_convert
+
+    from marimo._metadata.opengraph import default_opengraph_image_abs
+
+    pictures = []
+    for path in map(Path, paths):
+        course = _numbered(path if path.is_dir() else path.parent)
+        for number, notebook in course.items():
+            if not (path.is_dir() or notebook.resolve() == path.resolve()):
+                continue
+            picture = default_opengraph_image_abs(str(notebook)).with_name(CARD_PICTURE)
+            png = vl_convert.svg_to_png(course_picture(number, sorted(course)))
+            if not picture.is_file() or picture.read_bytes() != png:
+                picture.parent.mkdir(parents=True, exist_ok=True)
+                picture.write_bytes(png)
+            pictures.append(picture)
+    return pictures
+
+
+def install_gallery_cards():
+    """Make marimo's gallery read a card's title and description from the notebook's docstring (`notebook_card`)
+    and show its course picture, where the notebook's script metadata declares none of these."""
+    from marimo._metadata import opengraph
+
+    declared = opengraph.read_opengraph_from_file
+    if getattr(declared, "miras_lite", False):
+        return
+
+    def read(filepath):
+        config = declared(filepath) or opengraph.OpenGraphConfig()
+        card = notebook_card(filepath) or (None, None)
+        image = config.image
+        thumbnail = opengraph.default_opengraph_image_abs(filepath)  # `marimo export thumbnail` writes it
+        if image is None and not thumbnail.is_file() and thumbnail.with_name(CARD_PICTURE).is_file():
+            image = str(Path(opengraph.default_opengraph_image(filepath)).with_name(CARD_PICTURE))
+        return opengraph.OpenGraphConfig(title=config.title or card[0], description=config.description or card[1],
+                                         image=image, generator=config.generator)
+
+    read.miras_lite = True
+    opengraph.read_opengraph_from_file = read
+
+
 def _free_port(host, start=DEFAULT_PORT):
     """The first port from `start` that `host` can bind (marimo's rule, decided here so the URL is known)."""
     bind = "0.0.0.0" if host in _WILDCARDS else host
@@ -199,6 +291,9 @@ def main(argv=None):
     from marimo._server.registry import MIDDLEWARE_REGISTRY
     from starlette.middleware import Middleware
 
+    notebooks = args.notebooks or [str(ROOT / "notebooks")]
+    install_gallery_cards()
+    write_course_pictures(notebooks)
     MIDDLEWARE_REGISTRY.register(GUARD_NAME, Middleware(OriginGuard, hosts=sorted(hosts), origins=args.allow_origins))
     if GUARD_NAME not in MIDDLEWARE_REGISTRY.names():
         parser.error(f"the origin checks could not be installed (is {GUARD_NAME} on a MARIMO_SERVER_ASGI_MIDDLEWARE "
@@ -207,7 +302,7 @@ def main(argv=None):
     url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}/"
     print(f"# miras-lite app: open {url}" + (f"?access_token={token}" if token else "") +
           ("" if token else "  (no token: anyone who can reach the port can use it)"), flush=True)
-    marimo_args = ["run", *(args.notebooks or [str(ROOT / "notebooks")]), "--host", args.host, "--port", str(port),
+    marimo_args = ["run", *notebooks, "--host", args.host, "--port", str(port),
                    "--no-sandbox", *sum((["--allow-origins", o] for o in args.allow_origins), []), *rest]
     marimo_args += ["--token-password", token] if token else ["--no-token"]
     return marimo_main(args=marimo_args, prog_name="marimo", standalone_mode=True)

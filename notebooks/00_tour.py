@@ -1,7 +1,12 @@
+"""00 · A tour of test-time memorization
+
+Pick a model on the four axes of the Miras framework, read its update rule, and see how well it recalls what it was told.
+"""
+
 import marimo
 
 __generated_with = "0.25.2"
-app = marimo.App(width="medium", app_title="miras-lite: a tour")
+app = marimo.App(width="medium", app_title="miras-lite 00: a tour")
 
 with app.setup(hide_code=True):
     import time
@@ -13,7 +18,7 @@ with app.setup(hide_code=True):
     import torch.nn.functional as F
 
     import miras_lite as ml
-    from miras_lite.ui import axis_dropdowns, chosen_spec
+    from miras_lite.ui import AXES, axis_dropdowns, chosen_spec, report_mode, script_print
 
 
 @app.cell(hide_code=True)
@@ -105,7 +110,8 @@ def known_models(spec):
 
 @app.function
 def update_equations(spec):
-    """The update rule of `spec` (docs/design.md §2-3) as KaTeX lines."""
+    """The update rule of `spec` as KaTeX lines (docs/design.md, sections 2 "Exact semantics, linear memory" and
+    3 "MLP memory")."""
     linear = spec.memory == "linear"
     identity = spec.identity_readout
     lines = []
@@ -250,6 +256,12 @@ def _(alpha, dk, eta, n_pairs, spec, theta):
             "error": _err[0, :, 0].tolist(),
         }
     )
+    script_print(
+        f"recall probe: {', '.join(f'{axis} = {getattr(spec, axis)}' for axis in AXES)}; "
+        f"η = {eta.value:g}, α = {alpha_used:g}; N = {N} pairs, Dk = {D}",
+        f"  mean relative error {recall['error'].mean():.3g} (before writing: {before_error:.3g}), "
+        f"pairs recalled with error < 0.1: {(recall['error'] < 0.1).mean():.0%}",
+    )
     return D, N, alpha_used, before_error, recall, scan_ms
 
 
@@ -338,6 +350,16 @@ def _():
       projections are *learned* end to end. Try a few η values, and compare the `bias` options on the
       same stream.
     """)
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    _next = "01_memory_as_regression.html" if report_mode() else "?file=01_memory_as_regression.py"
+    mo.md(
+        f"**Next:** [01 · Memory as regression]({_next}): the two simplest memories, linear attention and the "
+        "delta rule, written pair by pair, and how many pairs a matrix can hold."
+    )
     return
 
 

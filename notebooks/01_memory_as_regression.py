@@ -1,3 +1,8 @@
+"""01 · Memory as regression
+
+A memory is a matrix fitted online: linear attention against the delta rule, crosstalk between keys, and how many pairs fit.
+"""
+
 import marimo
 
 __generated_with = "0.25.2"
@@ -10,7 +15,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
-    from miras_lite.ui import legend_pick
+    from miras_lite.ui import legend_pick, report_mode, script_print
     from miras_lite.tasks.probes import capacity_curve, kv_stream
 
     # The two memories of this notebook: the dot bias (linear attention) and the l2 bias (delta rule).
@@ -106,6 +111,11 @@ def _(eta, key_dim, key_mode, n_pairs, value_dim):
     history = {bias: write_history(stream, bias, eta.value) for bias in BIAS_PRESETS}
     # One colour scale for every snapshot of both memories, so the slider below never rescales it.
     w_max = max(snapshots.abs().max().item() for snapshots, _ in history.values())
+    script_print(
+        f"writing N = {n_pairs.value} pairs (Dk = {key_dim.value}, Dv = {value_dim.value}, η = {eta.value:g}); "
+        "mean relative error of every pair read from the final memory:",
+        *(f"  {bias} ({BIAS_PRESETS[bias]}): {errors[-1].mean().item():.3g}" for bias, (_, errors) in history.items()),
+    )
     return history, stream, w_max
 
 
@@ -342,7 +352,24 @@ def _(sweep_keys):
             for _bias, _dim in mo.status.progress_bar(_jobs, title="capacity sweep", remove_on_exit=True)
         ]
     )
-    return (capacity,)
+    capacity_summary = (
+        capacity.group_by("bias", "Dk")
+        .agg(
+            pl.col("N").filter(pl.col("recalled fraction") >= 0.9).max().alias("largest N with ≥ 90% recalled"),
+            pl.col("pairs recalled").filter(pl.col("load") == pl.col("load").max()).first().round(1)
+            .alias("pairs recalled at N = 4·Dk"),
+        )
+        .sort("bias", "Dk")
+    )
+    script_print(
+        f"capacity sweep (keys: {sweep_keys.selected_key}; 2 seeds):",
+        *(f"  {row['bias']}, Dk = {row['Dk']}: "
+          + (f"at least 90% recalled up to N = {row['largest N with ≥ 90% recalled']}"
+             if row["largest N with ≥ 90% recalled"] is not None else "never 90% recalled")
+          + f"; {row['pairs recalled at N = 4·Dk']:g} pairs recalled at N = {4 * row['Dk']}"
+          for row in capacity_summary.iter_rows(named=True)),
+    )
+    return capacity, capacity_summary
 
 
 @app.cell(hide_code=True)
@@ -371,17 +398,8 @@ def _(capacity):
 
 
 @app.cell(hide_code=True)
-def _(capacity):
-    _summary = (
-        capacity.group_by("bias", "Dk")
-        .agg(
-            pl.col("N").filter(pl.col("recalled fraction") >= 0.9).max().alias("largest N with ≥ 90% recalled"),
-            pl.col("pairs recalled").filter(pl.col("load") == pl.col("load").max()).first().round(1)
-            .alias("pairs recalled at N = 4·Dk"),
-        )
-        .sort("bias", "Dk")
-    )
-    mo.ui.table(_summary, selection=None, show_download=False)
+def _(capacity_summary):
+    mo.ui.table(capacity_summary, selection=None, show_download=False)
     return
 
 
@@ -408,6 +426,16 @@ def _():
     memory helps at a fixed $N$ (right), not at a fixed load (left). Where along the load axis is the
     delta rule's lead over `dot` largest?
     """)
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    _next = "02_attentional_bias.html" if report_mode() else "?file=02_attentional_bias.py"
+    mo.md(
+        f"**Next:** [02 · The attentional bias]({_next}): losses other than `dot` and `l2`, and what they do "
+        "with noisy values and outliers."
+    )
     return
 
 

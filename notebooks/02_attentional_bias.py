@@ -1,3 +1,8 @@
+"""02 · The attentional bias
+
+What the memory calls an error: the dot, l2, lp, Huber and robust losses, and how each recalls values that carry noise and outliers.
+"""
+
 import marimo
 
 __generated_with = "0.25.2"
@@ -12,7 +17,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
-    from miras_lite.ui import legend_pick
+    from miras_lite.ui import legend_pick, report_mode, script_print
     from miras_lite.bias import bias_gradient
     from miras_lite.spec import BIASES, HUBER_MODES
     from miras_lite.tasks.probes import kv_stream, probe_recall
@@ -223,6 +228,12 @@ def _(eta, noise, outlier_fraction, outlier_scale, specs):
             for _bias, _spec in specs.items()
         ]
     )
+    _means = recall.group_by("bias", "key", maintain_order=True).agg(pl.col("error").mean())
+    script_print(
+        f"noisy stream: {stream.num_keys} keys, {len(hit)} hit by an outlier (σ = {noise.value:g}, "
+        f"outlier norm {outlier_scale.value:g}, η = {eta.value:g}); mean relative recall error:",
+        *(f"  {row['bias']}: {row['error']:.3g} ({row['key']})" for row in _means.iter_rows(named=True)),
+    )
     return hit, recall, stream
 
 
@@ -292,6 +303,16 @@ def _():
     - Set $p = 1.5$ and lower $\eta$ until `lp` recalls clean keys: its step per coordinate is
       $\lvert e_j\rvert^{0.5}$, larger than the coordinate itself when it is small.
     """)
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    _next = "03_retention.html" if report_mode() else "?file=03_retention.py"
+    mo.md(
+        f"**Next:** [03 · Retention]({_next}): what a memory keeps and what it lets go — forgetting curves of "
+        "five retention gates."
+    )
     return
 
 

@@ -1,3 +1,8 @@
+"""03 · Retention
+
+What a memory keeps and what it lets go: forgetting curves, norm and sparsity of the none, l2, lq, kl and elastic retention gates.
+"""
+
 import marimo
 
 __generated_with = "0.25.2"
@@ -12,7 +17,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
-    from miras_lite.ui import legend_pick
+    from miras_lite.ui import legend_pick, report_mode, script_print
     from miras_lite.spec import RETENTIONS
     from miras_lite.tasks.probes import forgetting_curve, kv_stream
 
@@ -120,6 +125,15 @@ def _(alphas, eta, key_dim, n_pairs, specs):
             )
             for _retention, _spec in specs.items()
         ]
+    )
+    _overall = forgetting.group_by("retention", maintain_order=True).agg(
+        ((pl.col("accuracy") * pl.col("count")).sum() / pl.col("count").sum()).alias("recalled")
+    )
+    script_print(
+        f"forgetting curves: N = {n_pairs.value} pairs, Dk = Dv = {key_dim.value}, η = {eta.value:g}; "
+        "share of pairs recalled from the final memory:",
+        *(f"  {row['retention']} (α = {alphas[row['retention']]:g}): {row['recalled']:.0%}"
+          for row in _overall.iter_rows(named=True)),
     )
     return (forgetting,)
 
@@ -272,7 +286,7 @@ def _(alphas, forgetting, memory_over_time, snapshots, stream):
         _rows.append(
             {
                 "retention": _retention,
-                "α used": alphas[_retention],
+                "α used": round(alphas[_retention], 3),
                 "recalled": round((_curve["accuracy"] * _curve["count"]).sum() / _curve["count"].sum(), 3),
                 "mean error": round((_curve["mean_error"] * _curve["count"]).sum() / _curve["count"].sum(), 3),
                 "mean cosine": round(torch.nn.functional.cosine_similarity(_reads, _targets, dim=-1).mean().item(), 3),
@@ -340,6 +354,16 @@ def _():
       `elastic` and `kl` do change: the soft threshold moves $W$ out of that span, and the simplex memory
       starts uniform, so a new key reads something non-zero that only the `l2` bias corrects.
     """)
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    _next = "04_optimizers.html" if report_mode() else "?file=04_optimizers.py"
+    mo.md(
+        f"**Next:** [04 · Inner optimisers]({_next}): gd, momentum and the implicit step — when a memory's "
+        "updates blow up, and what each keeps when a fact is rewritten."
+    )
     return
 
 

@@ -1,7 +1,12 @@
+"""04 · Inner optimisers
+
+gd, momentum and the implicit step: when a memory's updates blow up, which step size is best, and what each keeps when a fact is rewritten.
+"""
+
 import marimo
 
 __generated_with = "0.25.2"
-app = marimo.App(width="medium", app_title="miras-lite: inner optimisers")
+app = marimo.App(width="medium", app_title="miras-lite 04: inner optimisers")
 
 with app.setup(hide_code=True):
     import altair as alt
@@ -10,7 +15,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
-    from miras_lite.ui import legend_pick
+    from miras_lite.ui import legend_pick, report_mode, script_print
     from miras_lite.tasks import kv_stream
 
     # A mean recall error 10× that of a memory answering 0: the memory has blown up.
@@ -216,7 +221,27 @@ def _(dk, n_pairs, theta_grid):
             for e, m, r in zip(etas.tolist(), _mean, _recalled)
         ]
     over_eta = pl.DataFrame(_rows).with_columns(pl.col("mean_error").clip(0, 2).alias("capped"))
-    return etas, over_eta, probe
+    _best = over_eta.sort("mean_error").group_by("optimizer", maintain_order=True).first().sort("optimizer")
+    _edge = (
+        over_eta.filter(pl.col("mean_error") > BLOWN_UP)
+        .group_by("optimizer")
+        .agg(pl.col("eta").min().alias(f"first η with error > {BLOWN_UP}"))
+    )
+    eta_table = _best.join(_edge, on="optimizer", how="left").select(
+        "optimizer",
+        pl.col("eta").round(3).alias("best η"),
+        pl.col("mean_error").round(3).alias("its mean error"),
+        pl.col("recalled").round(3).alias("its share recalled"),
+        pl.col(f"first η with error > {BLOWN_UP}").round(3),
+    )
+    script_print(
+        f"stability over η: N = {n_pairs.value} pairs, Dk = {dk.value}, momentum θ = {theta_grid.value:g}",
+        *(f"  {row['optimizer']}: best η {row['best η']:g} (mean error {row['its mean error']:.3g}), "
+          + (f"blows up from η = {row[f'first η with error > {BLOWN_UP}']:g}"
+             if row[f"first η with error > {BLOWN_UP}"] is not None else "never blows up")
+          for row in eta_table.iter_rows(named=True)),
+    )
+    return eta_table, etas, over_eta, probe
 
 
 @app.function
@@ -249,30 +274,8 @@ def _(dk, n_pairs, over_eta, probe, theta_grid):
 
 
 @app.cell(hide_code=True)
-def _(over_eta):
-    _best = (
-        over_eta.sort("mean_error")
-        .group_by("optimizer", maintain_order=True)
-        .first()
-        .sort("optimizer")
-    )
-    _edge = (
-        over_eta.filter(pl.col("mean_error") > BLOWN_UP)
-        .group_by("optimizer")
-        .agg(pl.col("eta").min().alias(f"first η with error > {BLOWN_UP}"))
-    )
-    mo.ui.table(
-        _best.join(_edge, on="optimizer", how="left")
-        .select(
-            "optimizer",
-            pl.col("eta").round(3).alias("best η"),
-            pl.col("mean_error").round(3).alias("its mean error"),
-            pl.col("recalled").round(3).alias("its share recalled"),
-            pl.col(f"first η with error > {BLOWN_UP}").round(3),
-        ),
-        selection=None,
-        show_download=False,
-    )
+def _(eta_table):
+    mo.ui.table(eta_table, selection=None, show_download=False)
     return
 
 
@@ -431,6 +434,16 @@ def _(dk, eta_rewrite, rewrite_fraction, theta_rewrite):
              "recalled": _share, "keys": _count},
         ]
     rewrite_table = pl.DataFrame(_rows)
+    script_print(
+        f"rewrites (r = {rewrite_fraction.value:g}, η = {_eta:g}): weight of the latest / previous value in the "
+        "read-out, and share of rewritten keys holding the latest value:",
+        # round(..) + 0.0: a weight of -1e-9 prints as 0.000, not -0.000
+        *(f"  {_name}: {round(_latest['measured'], 3) + 0.0:.3f} / {round(_previous['measured'], 3) + 0.0:.3f}, "
+          f"{_latest['recalled']:.0%}"
+          for _name, _latest, _previous in zip(
+              _specs, rewrite_table.filter(pl.col("weight on") == "latest value (a)").iter_rows(named=True),
+              rewrite_table.filter(pl.col("weight on") == "previous value (b)").iter_rows(named=True))),
+    )
     return rewrite_table, rewrites
 
 
@@ -493,6 +506,16 @@ def _():
       $D_k$ in section 2). A rewrite is a repeated key, section 1's situation: at η > 2, how do gd's
       weights grow with r?
     """)
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    _next = "05_deep_memory.html" if report_mode() else "?file=05_deep_memory.py"
+    mo.md(
+        f"**Next:** [05 · Deep memory]({_next}): when a matrix is not enough — a small MLP as the memory, and "
+        "what it takes to beat the best linear one."
+    )
     return
 
 

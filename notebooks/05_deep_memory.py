@@ -1,7 +1,12 @@
+"""05 · Deep memory
+
+When a matrix is not enough: a small MLP memory against the best any linear memory can do, and how passes and width buy capacity.
+"""
+
 import marimo
 
 __generated_with = "0.25.2"
-app = marimo.App(width="medium", app_title="miras-lite: deep memory")
+app = marimo.App(width="medium", app_title="miras-lite 05: deep memory")
 
 with app.setup(hide_code=True):
     import altair as alt
@@ -11,9 +16,11 @@ with app.setup(hide_code=True):
 
     import miras_lite as ml
     from miras_lite.tasks import KVStream, kv_stream, probe_recall
-    from miras_lite.ui import legend_pick, quick_mode
+    from miras_lite.ui import legend_pick, quick_mode, report_mode, script_print
 
     QUICK = quick_mode()
+    # a report runs the capacity sweep at the page's settings (seconds, not minutes)
+    REPORT = report_mode() is not None
     DK = 8  # key = value dimension of every probe here: small, so that N > Dk stays cheap
 
 
@@ -135,6 +142,11 @@ def _():
 @app.cell
 def _(eta, expansion, n_pairs, passes):
     recall = compare_memories(n_pairs.value, passes.value, eta.value, expansion.value)
+    _recalled = recall.group_by("memory", maintain_order=True).agg(pl.col("correct").mean())
+    script_print(
+        f"probe: N = {n_pairs.value} pairs, Dk = {DK}, {passes.value} passes; share of keys recalled:",
+        *(f"  {row['memory']}: {row['correct']:.0%}" for row in _recalled.iter_rows(named=True)),
+    )
     return (recall,)
 
 
@@ -206,7 +218,8 @@ def _():
     ## Capacity curves and the expansion factor
 
     The same probe over a range of $N$ and several expansions $E$, each averaged over 2 seeds. This sweep
-    writes thousands of MLP tokens, so it waits for the button (quick mode runs it small).
+    writes thousands of MLP tokens, so it waits for the button; the chart's title states the settings it
+    ran with.
     """)
     return
 
@@ -243,19 +256,33 @@ def capacity_sweep(num_pairs_list, expansions, passes, eta, seeds=(0, 1)):
 
 @app.cell
 def _(run_sweep, sweep_eta, sweep_passes):
-    mo.stop(not (run_sweep.value or QUICK), mo.md("Press **Run the capacity sweep** (about 10–20 s here)."))
-    if QUICK:
-        sweep = capacity_sweep((8, 16, 24), (1, 4), 8, 0.1, seeds=(0,))
+    mo.stop(
+        not (run_sweep.value or QUICK or REPORT), mo.md("Press **Run the capacity sweep** (about 10–20 s here).")
+    )
+    if QUICK:  # a script or a browser test: a small sweep, whatever the controls show
+        _settings = dict(num_pairs_list=(8, 16, 24), expansions=(1, 4), passes=8, eta=0.1, seeds=(0,))
     else:
-        sweep = capacity_sweep((4, 8, 12, 16, 24, 32, 48, 64), (1, 2, 4, 8), sweep_passes.value, sweep_eta.value)
+        _settings = dict(num_pairs_list=(4, 8, 12, 16, 24, 32, 48, 64), expansions=(1, 2, 4, 8),
+                         passes=sweep_passes.value, eta=sweep_eta.value, seeds=(0, 1))
+    sweep = capacity_sweep(**_settings)
+    sweep_used = (
+        f"P = {_settings['passes']} passes, η = {_settings['eta']:g}, "
+        f"N up to {max(_settings['num_pairs_list'])}, "
+        + ("1 seed, a quick run" if QUICK else f"{len(_settings['seeds'])} seeds")
+    )
     capacity = sweep.group_by("memory", "expansion", "num_pairs").agg(
         pl.col("accuracy").mean(), pl.col("mean_error").mean()
     ).sort("memory", "num_pairs")
-    return (capacity,)
+    _widest = capacity.filter(pl.col("num_pairs") == pl.col("num_pairs").max())
+    script_print(
+        f"capacity sweep ({sweep_used}); share recalled at N = {_widest['num_pairs'][0]}:",
+        *(f"  {row['memory']}: {row['accuracy']:.0%}" for row in _widest.iter_rows(named=True)),
+    )
+    return capacity, sweep_used
 
 
 @app.cell(hide_code=True)
-def _(capacity):
+def _(capacity, sweep_used):
     _pick, _opacity = legend_pick("memory")
     _base = alt.Chart(capacity).encode(
         x=alt.X("num_pairs:Q", title="pairs N (Dk = 8)"),
@@ -270,7 +297,7 @@ def _(capacity):
     alt.hconcat(
         (_recalled.add_params(_pick) + _dk).properties(width=300, height=260, title="Capacity (dashed: N = Dk)"),
         (_error + _dk).properties(width=300, height=260, title="Mean error"),
-    )
+    ).properties(title=f"Capacity sweep: {sweep_used}")
     return
 
 
@@ -310,6 +337,16 @@ def _():
       $P = 1$ they did not, see above). Even so, no MLP here recalls everything past about $2 D_k$
       pairs: a few hundred parameters trained by plain gd on a stream are not a lookup table.
     """)
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    _next = "06_playground.html" if REPORT else "?file=06_playground.py"
+    mo.md(
+        f"**Next:** [06 · Training playground]({_next}): pick a point of the design space, train a small "
+        "language model on associative recall and watch it learn."
+    )
     return
 
 

@@ -1,6 +1,10 @@
-"""Every marimo notebook passes `marimo check --strict` and runs top to bottom as a plain script."""
+"""Every marimo notebook passes `marimo check --strict` and runs top to bottom as a plain script; the course
+notebooks print a summary when run so, end with a link to the next one and have a gallery card; the reports of
+05 and 08 run their button-gated cells."""
 
+import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +13,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
+# what each course notebook prints when it runs as a script (the start of its summary), and the next notebook
+SUMMARIES = {
+    "00_tour.py": ("recall probe: memory = linear, bias = l2", "01_memory_as_regression"),
+    "01_memory_as_regression.py": ("capacity sweep (keys:", "02_attentional_bias"),
+    "02_attentional_bias.py": ("noisy stream:", "03_retention"),
+    "03_retention.py": ("forgetting curves:", "04_optimizers"),
+    "04_optimizers.py": ("stability over η:", "05_deep_memory"),
+    "05_deep_memory.py": ("capacity sweep (P = 8 passes", "06_playground"),
+    "08_kernels.py": ("kernel check: gated_deltanet", "09_sweep_explorer"),
+}
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +32,9 @@ def _env():
     # headless and quiet: no browser, no telemetry, no stray matplotlib windows
     env.setdefault("MPLBACKEND", "Agg")
     env["MARIMO_SKIP_UPDATE_CHECK"] = "1"
+    # pytest's variable makes marimo report the mode "test" instead of "script", and the notebook would not
+    # know it runs as a script (ui.running_as_script): no quick runs, no summary
+    env.pop("PYTEST_CURRENT_TEST", None)
     return env
 
 
@@ -36,14 +53,85 @@ def test_marimo_check_strict(notebook):
     assert "warning" not in output.lower(), f"marimo check reported warnings:\n{output}"
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_runs_as_script(notebook):
-    result = subprocess.run(
+@functools.cache
+def _run_as_script(notebook):
+    return subprocess.run(
         [sys.executable, str(notebook)],
         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_runs_as_script(notebook):
+    result = _run_as_script(notebook)
     assert result.returncode == 0, f"{notebook.name} exited {result.returncode}:\n{result.stderr[-4000:]}"
     assert "Traceback" not in result.stderr, f"{notebook.name} printed a traceback:\n{result.stderr[-4000:]}"
+
+
+@pytest.mark.parametrize("name", SUMMARIES)
+def test_script_prints_what_it_computed(name):
+    """`python notebooks/NAME.py` prints a short summary of its key numbers, readably formatted (no float
+    printed to 10 or more digits)."""
+    result = _run_as_script(ROOT / "notebooks" / name)
+    assert result.returncode == 0, result.stderr[-4000:]
+    phrase = SUMMARIES[name][0]
+    assert phrase in result.stdout, f"{name} did not print {phrase!r}:\n{result.stdout[-2000:]}"
+    summary = result.stdout[result.stdout.index(phrase):]
+    assert not re.search(r"\d\.\d{10}", summary), summary
+
+
+@pytest.mark.parametrize("name", SUMMARIES)
+def test_ends_with_a_link_to_the_next_notebook(name):
+    """The last cell links the next notebook: `?file=NEXT.py` (the gallery's route, `make app`), or
+    `NEXT.html` (the report beside this one) in a report."""
+    next_stem = SUMMARIES[name][1]
+    assert (ROOT / "notebooks" / f"{next_stem}.py").is_file()
+    cells = (ROOT / "notebooks" / name).read_text(encoding="utf-8").split("@app.cell")
+    last = cells[-1]
+    assert "**Next:**" in last, last
+    assert f'"?file={next_stem}.py"' in last and f'"{next_stem}.html"' in last, last
+
+
+def test_gallery_cards(monkeypatch, tmp_path):
+    """The app's gallery shows each course notebook's docstring as its card (one title, one description) and
+    a picture of its place in the course instead of marimo's placeholder, which repeats the title."""
+    from marimo._metadata import opengraph
+
+    from miras_lite.app import CARD_PICTURE, install_gallery_cards, notebook_card, write_course_pictures
+
+    monkeypatch.setattr(opengraph, "read_opengraph_from_file", opengraph.read_opengraph_from_file)
+    install_gallery_cards()
+    for name in SUMMARIES:
+        title, description = notebook_card(ROOT / "notebooks" / name)
+        assert title.startswith(name[:2] + " · ") and description and "\n" not in description, (title, description)
+        copy = tmp_path / name
+        copy.write_text((ROOT / "notebooks" / name).read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "10_untitled.py").write_text("import marimo\n\napp = marimo.App()\n", encoding="utf-8")
+    pictures = write_course_pictures([tmp_path])
+    assert len(pictures) == len(SUMMARIES) + 1
+    assert all(p.read_bytes().startswith(b"\x89PNG") and p.name == CARD_PICTURE for p in pictures)
+    card = opengraph.resolve_opengraph_metadata(str(tmp_path / "05_deep_memory.py"))
+    assert (card.title, card.description) == notebook_card(tmp_path / "05_deep_memory.py")
+    assert card.image == f"__marimo__/assets/05_deep_memory/{CARD_PICTURE}"
+    untitled = opengraph.resolve_opengraph_metadata(str(tmp_path / "10_untitled.py"))
+    assert untitled.title == "10 Untitled" and untitled.description is None  # marimo's defaults
+
+
+@pytest.mark.parametrize("name,shown", [
+    ("05_deep_memory.py", ("Capacity sweep: P = 16 passes", "N up to 64, 2 seeds")),
+    ("08_kernels.py", ("kernel and torch <strong>agree</strong>", "T = 24, Dk = Dv = 8", "Throughput ")),
+])
+def test_report_runs_the_gated_cells(name, shown, tmp_path):
+    """A report (shipped mode, not the quick mode of scripts) runs 05's capacity sweep and 08's kernel check and
+    benchmark at the settings the page shows: the page has their results, not a "Press ..." prompt."""
+    output = tmp_path / "report.html"
+    done = subprocess.run([sys.executable, "-m", "miras_lite", "report", f"notebooks/{name}", "-o", str(output)],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = output.read_text(encoding="utf-8")
+    assert "Press" not in page and "quick run" not in page
+    for text in shown:
+        assert text in page, text
 
 
 def _playground():
