@@ -33,11 +33,12 @@ def quick_mode():
 
 def running_as_script():
     """True when the notebook runs as `python notebooks/NAME.py` (also in the setup cell, where marimo has not set
-    its mode yet: a script's __main__ is the notebook)."""
+    its mode yet: a script's __main__ is the notebook). marimo says "test" instead of None when PYTEST_CURRENT_TEST
+    is set, as in a script started by a test."""
     import marimo as mo
 
     mode = mo.app_meta().mode
-    if mode is None:
+    if mode in (None, "test"):
         return isinstance(getattr(sys.modules["__main__"], "app", None), mo.App)
     return mode == "script"
 
@@ -47,6 +48,13 @@ def script_print(*lines):
     app and reports show the page instead)."""
     if running_as_script():
         print(*lines, sep="\n", flush=True)
+
+
+def course_link(notebook):
+    """The link to another course notebook: its page in a report, `?file=` in the app."""
+    from pathlib import Path
+
+    return f"{Path(notebook).stem}.html" if report_mode() else f"?file={notebook}"
 
 
 def runs_root():

@@ -18,7 +18,7 @@ with app.setup(hide_code=True):
     import torch.nn.functional as F
 
     import miras_lite as ml
-    from miras_lite.ui import AXES, axis_dropdowns, chosen_spec, report_mode, script_print
+    from miras_lite.ui import AXES, axis_dropdowns, chosen_spec, course_link, script_print
 
 
 @app.cell(hide_code=True)
@@ -355,7 +355,7 @@ def _():
 
 @app.cell(hide_code=True)
 def _():
-    _next = "01_memory_as_regression.html" if report_mode() else "?file=01_memory_as_regression.py"
+    _next = course_link("01_memory_as_regression.py")
     mo.md(
         f"**Next:** [01 · Memory as regression]({_next}): the two simplest memories, linear attention and the "
         "delta rule, written pair by pair, and how many pairs a matrix can hold."

@@ -15,7 +15,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
-    from miras_lite.ui import legend_pick, report_mode, script_print
+    from miras_lite.ui import course_link, legend_pick, script_print
     from miras_lite.tasks.probes import capacity_curve, kv_stream
 
     # The two memories of this notebook: the dot bias (linear attention) and the l2 bias (delta rule).
@@ -431,7 +431,7 @@ def _():
 
 @app.cell(hide_code=True)
 def _():
-    _next = "02_attentional_bias.html" if report_mode() else "?file=02_attentional_bias.py"
+    _next = course_link("02_attentional_bias.py")
     mo.md(
         f"**Next:** [02 · The attentional bias]({_next}): losses other than `dot` and `l2`, and what they do "
         "with noisy values and outliers."

@@ -17,7 +17,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
-    from miras_lite.ui import legend_pick, report_mode, script_print
+    from miras_lite.ui import course_link, legend_pick, script_print
     from miras_lite.bias import bias_gradient
     from miras_lite.spec import BIASES, HUBER_MODES
     from miras_lite.tasks.probes import kv_stream, probe_recall
@@ -308,7 +308,7 @@ def _():
 
 @app.cell(hide_code=True)
 def _():
-    _next = "03_retention.html" if report_mode() else "?file=03_retention.py"
+    _next = course_link("03_retention.py")
     mo.md(
         f"**Next:** [03 · Retention]({_next}): what a memory keeps and what it lets go — forgetting curves of "
         "five retention gates."

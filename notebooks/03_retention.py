@@ -17,7 +17,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
-    from miras_lite.ui import legend_pick, report_mode, script_print
+    from miras_lite.ui import course_link, legend_pick, script_print
     from miras_lite.spec import RETENTIONS
     from miras_lite.tasks.probes import forgetting_curve, kv_stream
 
@@ -359,7 +359,7 @@ def _():
 
 @app.cell(hide_code=True)
 def _():
-    _next = "04_optimizers.html" if report_mode() else "?file=04_optimizers.py"
+    _next = course_link("04_optimizers.py")
     mo.md(
         f"**Next:** [04 · Inner optimisers]({_next}): gd, momentum and the implicit step — when a memory's "
         "updates blow up, and what each keeps when a fact is rewritten."

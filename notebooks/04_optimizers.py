@@ -15,7 +15,7 @@ with app.setup(hide_code=True):
     import torch
 
     import miras_lite as ml
-    from miras_lite.ui import legend_pick, report_mode, script_print
+    from miras_lite.ui import course_link, legend_pick, script_print
     from miras_lite.tasks import kv_stream
 
     # A mean recall error 10× that of a memory answering 0: the memory has blown up.
@@ -511,7 +511,7 @@ def _():
 
 @app.cell(hide_code=True)
 def _():
-    _next = "05_deep_memory.html" if report_mode() else "?file=05_deep_memory.py"
+    _next = course_link("05_deep_memory.py")
     mo.md(
         f"**Next:** [05 · Deep memory]({_next}): when a matrix is not enough — a small MLP as the memory, and "
         "what it takes to beat the best linear one."

@@ -16,7 +16,7 @@ with app.setup(hide_code=True):
 
     import miras_lite as ml
     from miras_lite.tasks import KVStream, kv_stream, probe_recall
-    from miras_lite.ui import legend_pick, quick_mode, report_mode, script_print
+    from miras_lite.ui import course_link, legend_pick, quick_mode, report_mode, script_print
 
     QUICK = quick_mode()
     # a report runs the capacity sweep at the page's settings (seconds, not minutes)
@@ -342,7 +342,7 @@ def _():
 
 @app.cell(hide_code=True)
 def _():
-    _next = "06_playground.html" if REPORT else "?file=06_playground.py"
+    _next = course_link("06_playground.py")
     mo.md(
         f"**Next:** [06 · Training playground]({_next}): pick a point of the design space, train a small "
         "language model on associative recall and watch it learn."

@@ -1,3 +1,8 @@
+"""06 · Training playground
+
+Pick a preset or the four axes, train a small model on associative recall, and look inside it: recall curves, gates and the memory itself.
+"""
+
 import marimo
 
 __generated_with = "0.25.2"
@@ -18,7 +23,7 @@ with app.setup(hide_code=True):
     from miras_lite.runs import SHIPPED, find_runs, load_run
     from miras_lite.tasks.mqar import MQAR, accuracy_by_distance, accuracy_by_pairs
     from miras_lite.memory import branch_read, fittable_value
-    from miras_lite.ui import (accuracy_axis, axis_dropdowns, block_average, chance_rule, chosen_spec,
+    from miras_lite.ui import (accuracy_axis, axis_dropdowns, block_average, chance_rule, chosen_spec, course_link,
                                held_out_metric, learning_curves, legend_pick, live_run_dir, quick_mode, report_mode,
                                runs_root, script_print, start_thread, train_live)
 
@@ -231,7 +236,8 @@ def _(
     )
     try:
         _run = playground_run(_config, model_spec, QUICK, recommended)
-        _out = live_run_dir(runs_root() / "playground", spec_name)
+        # a quick run (a script's 8 steps) is kept apart, so that it is never picked as a result
+        _out = live_run_dir(runs_root() / ("quick" if QUICK else "playground"), spec_name)
     except ValueError as _err:
         mo.stop(True, mo.callout(mo.md(f"**Cannot build this run:** {_err}"), kind="danger"))
 
@@ -277,7 +283,8 @@ def _():
     ## Saved runs
 
     Every run trained here is saved under `runs/playground/`, and so are runs of the command line
-    (`python -m miras_lite train ... --out runs/NAME`) and of sweeps (`runs/sweeps/`). Pick saved runs to
+    (`python -m miras_lite train ... --out runs/NAME`) and of sweeps (`runs/sweeps/`); the 8-step runs of
+    `python notebooks/06_playground.py` go to `runs/quick/`. Pick saved runs to
     compare them with this session's runs and the shipped models. The newest runs of this page are picked
     when it opens, so a reload loses nothing.
     """)
@@ -645,6 +652,13 @@ def _():
     - **Cancel.** Start a long run (2000 steps) and press **Cancel** half way: the run is kept, marked
       *cancelled*, and can be inspected like a finished one.
     """)
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    _next = course_link("07_armt_babilong.py")
+    mo.md(f"**Next:** [07 · ARMT on BABILong]({_next}): a transformer that carries an associative memory from segment to segment, on stories up to a million tokens long.")
     return
 
 

@@ -1,3 +1,8 @@
+"""07 · ARMT on BABILong
+
+A transformer that reads a long story segment by segment and carries an associative memory between them: accuracy up to a million tokens at a fixed memory cost.
+"""
+
 import marimo
 
 __generated_with = "0.25.2"
@@ -17,7 +22,7 @@ with app.setup(hide_code=True):
     from miras_lite.tasks import BabiLong, babilong_accuracy, babilong_sample
     from miras_lite.config import ARMTConfig, BabiLongConfig, FitConfig, RunConfig
     from miras_lite.runs import SHIPPED, load_run
-    from miras_lite.ui import block_average, quick_mode, report_mode, script_print
+    from miras_lite.ui import block_average, course_link, quick_mode, report_mode, script_print
 
     QUICK = quick_mode()
     REPORT = report_mode()
@@ -741,6 +746,13 @@ def _(model, segment_trace, shipped_lengths, traced_what):
             ),
         ]
     )
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    _next = course_link("08_kernels.py")
+    mo.md(f"**Next:** [08 · The Triton kernels]({_next}): the same recurrences fused into GPU kernels, checked against the torch code and timed.")
     return
 
 

@@ -25,7 +25,7 @@ with app.setup(hide_code=True):
 
     import miras_lite as ml
     from benchmarks import kernels as bench
-    from miras_lite.ui import AXES, quick_mode, report_mode, script_print
+    from miras_lite.ui import AXES, course_link, quick_mode, report_mode, script_print
 
     QUICK = quick_mode()
     # a report runs both gated cells at the page's settings: on a CPU they take seconds
@@ -256,7 +256,7 @@ def _():
 
 @app.cell(hide_code=True)
 def _():
-    _next = "09_sweep_explorer.html" if REPORT else "?file=09_sweep_explorer.py"
+    _next = course_link("09_sweep_explorer.py")
     mo.md(f"**Next:** [09 · Sweep explorer]({_next}): many small models trained on associative recall, one per point of the design space, and which ones recall best.")
     return
 

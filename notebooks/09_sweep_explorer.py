@@ -1,3 +1,8 @@
+"""09 · Sweep explorer
+
+Many small models trained on associative recall, one per point of the design space: which axes matter, and do two seeds agree?
+"""
+
 import marimo
 
 __generated_with = "0.25.2"
@@ -231,7 +236,7 @@ def _(color_by, complete, facet_column, facet_row, trials):
     _chance = 2 / json_setting(trials, "task", "vocab_size")
     _lines = alt.Chart().mark_line(point=True).encode(
         x=alt.X("num_kv_pairs:Q", title="key-value pairs D"),
-        y=alt.Y("accuracy:Q", title="acc(D)", scale=alt.Scale(domainMin=0)),
+        y=alt.Y("accuracy:Q", title="acc(D)", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color(f"{color_by.value}:N") if color_by.value else alt.value("steelblue"),
         tooltip=[*_by, "num_kv_pairs:Q", alt.Tooltip("accuracy:Q", format=".3f"), "seeds:Q"],
     )
@@ -268,7 +273,7 @@ def _(color_by, complete, trials):
     scatter = mo.ui.altair_chart(
         alt.Chart(_points).mark_circle(size=70).encode(
             x=alt.X("duration_s:Q", title="trial duration (s)", scale=alt.Scale(zero=False)),
-            y=alt.Y("recall:Q", title="recall (mean acc over D)"),
+            y=alt.Y("recall:Q", title="recall (mean acc over D)", scale=alt.Scale(domain=[0, 1])),
             color=alt.condition(_brush, _color, alt.value("lightgray")),
             tooltip=_tips,
         ).add_params(_brush).properties(width=560, height=260,

@@ -3,33 +3,17 @@ by context length measured for it (data/models/armt-qa1/lengths.parquet, written
 --evaluate data/models/armt-qa1 --out ...`), trains nothing and shows no control that set nothing; as a script
 it trains a tiny model, says so, and prints what it measured."""
 
-import html
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import polars as pl
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from browser import ROOT
+from notebook_runs import make_report, page_text, run_script
+
 NOTEBOOK = ROOT / "notebooks" / "07_armt_babilong.py"
 SHIPPED_LENGTHS = ROOT / "data" / "models" / "armt-qa1" / "lengths.parquet"
 
 pytestmark = pytest.mark.slow
-
-
-def _env(**extra):
-    # without PYTEST_CURRENT_TEST: marimo then says its mode is "test", and the script would not run in quick mode
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    return {**env, "MARIMO_SKIP_UPDATE_CHECK": "1", "MPLBACKEND": "Agg", **extra}
-
-
-def _page_text(page):
-    """The words a reader sees in a report page: no scripts, styles or tags, whitespace collapsed."""
-    page = re.sub(r"<script.*?</script>|<style.*?</style>", " ", page, flags=re.S)
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
 
 
 def _shipped_at_2k():
@@ -47,11 +31,10 @@ def test_the_shipped_model_ships_its_accuracy_by_length():
 def test_shipped_report_shows_the_shipped_model_and_its_measured_accuracy(tmp_path):
     """MIRAS_LITE_QUICK is set as in the browser tests: a report ignores it (quick runs are never results)."""
     output = tmp_path / "07.html"
-    done = subprocess.run([sys.executable, "-m", "miras_lite", "report", str(NOTEBOOK), "-o", str(output)],
-                          cwd=ROOT, env=_env(MIRAS_LITE_QUICK="1"), capture_output=True, text=True, timeout=300)
+    done = make_report(NOTEBOOK, output, env={"MIRAS_LITE_QUICK": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     page = output.read_text()
-    text = _page_text(page)
+    text = page_text(page)
     accuracy, samples = _shipped_at_2k()
     assert "The cells below show the shipped ARMT" in text, text[:3000]
     assert f"{accuracy:.0%} at 2K ({samples} samples)" in text
@@ -64,8 +47,7 @@ def test_shipped_report_shows_the_shipped_model_and_its_measured_accuracy(tmp_pa
 
 
 def test_script_prints_its_summary():
-    done = subprocess.run([sys.executable, str(NOTEBOOK)], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+    done = run_script(NOTEBOOK)
     assert done.returncode == 0, done.stderr[-4000:]
     lines = done.stdout.splitlines()
     accuracy, _ = _shipped_at_2k()

@@ -30,7 +30,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import miras_lite as ml

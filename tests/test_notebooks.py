@@ -3,15 +3,15 @@ notebooks print a summary when run so, end with a link to the next one and have 
 05 and 08 run their button-gated cells."""
 
 import functools
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from browser import ROOT
+from notebook_runs import make_report, notebook_env, run_script
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
 # what each course notebook prints when it runs as a script (the start of its summary), and the next notebook
 SUMMARIES = {
@@ -21,21 +21,13 @@ SUMMARIES = {
     "03_retention.py": ("forgetting curves:", "04_optimizers"),
     "04_optimizers.py": ("stability over η:", "05_deep_memory"),
     "05_deep_memory.py": ("capacity sweep (P = 8 passes", "06_playground"),
+    "06_playground.py": ("trained gated_deltanet on MQAR, finished after 8 of 8 steps", "07_armt_babilong"),
+    "07_armt_babilong.py": ("model: a tiny quick-mode ARMT", "08_kernels"),
     "08_kernels.py": ("kernel check: gated_deltanet", "09_sweep_explorer"),
+    "09_sweep_explorer.py": ("sweep results: data/sweeps/mqar_axes.parquet (shipped)", None),
 }
 
 pytestmark = pytest.mark.slow
-
-
-def _env():
-    env = dict(os.environ)
-    # headless and quiet: no browser, no telemetry, no stray matplotlib windows
-    env.setdefault("MPLBACKEND", "Agg")
-    env["MARIMO_SKIP_UPDATE_CHECK"] = "1"
-    # pytest's variable makes marimo report the mode "test" instead of "script", and the notebook would not
-    # know it runs as a script (ui.running_as_script): no quick runs, no summary
-    env.pop("PYTEST_CURRENT_TEST", None)
-    return env
 
 
 def test_there_are_notebooks():
@@ -46,33 +38,32 @@ def test_there_are_notebooks():
 def test_marimo_check_strict(notebook):
     result = subprocess.run(
         [sys.executable, "-m", "marimo", "check", "--strict", str(notebook)],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
+        cwd=ROOT, env=notebook_env(), capture_output=True, text=True, timeout=120,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"marimo check --strict failed:\n{output}"
     assert "warning" not in output.lower(), f"marimo check reported warnings:\n{output}"
 
 
-@functools.cache
-def _run_as_script(notebook):
-    return subprocess.run(
-        [sys.executable, str(notebook)],
-        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )
+@pytest.fixture(scope="module")
+def run_as_script(tmp_path_factory):
+    """Each notebook run once as a script, saving its runs in a runs directory of its own."""
+    runs = tmp_path_factory.mktemp("runs")
+    return functools.cache(lambda notebook: (run_script(notebook, env={"MIRAS_LITE_RUNS": str(runs)}), runs))
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_runs_as_script(notebook):
-    result = _run_as_script(notebook)
+def test_runs_as_script(notebook, run_as_script):
+    result, _ = run_as_script(notebook)
     assert result.returncode == 0, f"{notebook.name} exited {result.returncode}:\n{result.stderr[-4000:]}"
     assert "Traceback" not in result.stderr, f"{notebook.name} printed a traceback:\n{result.stderr[-4000:]}"
 
 
 @pytest.mark.parametrize("name", SUMMARIES)
-def test_script_prints_what_it_computed(name):
+def test_script_prints_what_it_computed(name, run_as_script):
     """`python notebooks/NAME.py` prints a short summary of its key numbers, readably formatted (no float
     printed to 10 or more digits)."""
-    result = _run_as_script(ROOT / "notebooks" / name)
+    result, _ = run_as_script(ROOT / "notebooks" / name)
     assert result.returncode == 0, result.stderr[-4000:]
     phrase = SUMMARIES[name][0]
     assert phrase in result.stdout, f"{name} did not print {phrase!r}:\n{result.stdout[-2000:]}"
@@ -80,16 +71,38 @@ def test_script_prints_what_it_computed(name):
     assert not re.search(r"\d\.\d{10}", summary), summary
 
 
-@pytest.mark.parametrize("name", SUMMARIES)
+def test_a_script_keeps_its_quick_run_apart(run_as_script):
+    """The playground's 8-step run as a script is saved under runs/quick/, never among the playground's runs that a
+    page or a report picks by default."""
+    result, runs = run_as_script(ROOT / "notebooks" / "06_playground.py")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert [p.parent.name for p in runs.glob("*/*") if p.name.endswith("-gated_deltanet")] == ["quick"]
+    assert f"saved in {runs / 'quick'}/" in result.stdout
+
+
+@pytest.mark.parametrize("name", [name for name, (_, following) in SUMMARIES.items() if following])
 def test_ends_with_a_link_to_the_next_notebook(name):
-    """The last cell links the next notebook: `?file=NEXT.py` (the gallery's route, `make app`), or
-    `NEXT.html` (the report beside this one) in a report."""
+    """The last cell links the next notebook (`ui.course_link`: `?file=NEXT.py` in the app, `NEXT.html` in a
+    report)."""
     next_stem = SUMMARIES[name][1]
     assert (ROOT / "notebooks" / f"{next_stem}.py").is_file()
     cells = (ROOT / "notebooks" / name).read_text(encoding="utf-8").split("@app.cell")
     last = cells[-1]
     assert "**Next:**" in last, last
-    assert f'"?file={next_stem}.py"' in last and f'"{next_stem}.html"' in last, last
+    assert f'course_link("{next_stem}.py")' in last, last
+
+
+@pytest.mark.parametrize("mode,link", [(None, "?file=01_memory_as_regression.py"),
+                                       ("shipped", "01_memory_as_regression.html"),
+                                       ("full", "01_memory_as_regression.html")])
+def test_course_links_lead_to_the_app_page_or_the_report_beside(monkeypatch, mode, link):
+    from miras_lite.ui import course_link
+
+    if mode is None:
+        monkeypatch.delenv("MIRAS_LITE_REPORT", raising=False)
+    else:
+        monkeypatch.setenv("MIRAS_LITE_REPORT", mode)
+    assert course_link("01_memory_as_regression.py") == link
 
 
 def test_gallery_cards(monkeypatch, tmp_path):
@@ -125,8 +138,7 @@ def test_report_runs_the_gated_cells(name, shown, tmp_path):
     """A report (shipped mode, not the quick mode of scripts) runs 05's capacity sweep and 08's kernel check and
     benchmark at the settings the page shows: the page has their results, not a "Press ..." prompt."""
     output = tmp_path / "report.html"
-    done = subprocess.run([sys.executable, "-m", "miras_lite", "report", f"notebooks/{name}", "-o", str(output)],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    done = make_report(ROOT / "notebooks" / name, output)
     assert done.returncode == 0, done.stderr[-3000:]
     page = output.read_text(encoding="utf-8")
     assert "Press" not in page and "quick run" not in page

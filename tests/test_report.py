@@ -7,10 +7,7 @@ selection still filters its chart in the report."""
 
 import base64
 import io
-import os
 import struct
-import subprocess
-import sys
 import xml.etree.ElementTree as ElementTree
 
 import polars as pl
@@ -20,6 +17,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 from browser import ROOT, launch_chromium, save_screenshot
+from notebook_runs import make_report
 from miras_lite.reports.chart_data import ARROW_URL, with_inline_values
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))
@@ -34,14 +32,6 @@ VISIBLE_ITEMS = """chart => [...chart.querySelectorAll("svg g.role-mark > *")].f
     return box.width * box.height > 0 || (flat && box.width + box.height > 0);
 }).length"""
 POINT_MARKS = ", ".join(f".chart svg g.role-mark.mark-{kind} > path" for kind in ("symbol", "rect", "arc"))
-
-
-def make_report(notebook, output, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "miras_lite", "report", str(notebook), "-o", str(output)],
-        cwd=ROOT, env={**os.environ, "MARIMO_SKIP_UPDATE_CHECK": "1", **(env or {})}, capture_output=True, text=True,
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -260,9 +250,7 @@ def test_a_report_tells_the_notebook_and_the_reader_how_it_was_made(tmp_path, tr
     notebook = tmp_path / "mode.py"
     notebook.write_text(MODE_NOTEBOOK)
     output = tmp_path / "mode.html"
-    done = subprocess.run([sys.executable, "-m", "miras_lite", "report", str(notebook), "-o", str(output),
-                           *(["--train"] if train else [])], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MARIMO_SKIP_UPDATE_CHECK": "1", "MIRAS_LITE_QUICK": "1"})
+    done = make_report(notebook, output, env={"MIRAS_LITE_QUICK": "1"}, train=train)
     assert done.returncode == 0, done.stderr[-3000:]
     page = output.read_text()
     assert f"report mode {mode}, quick mode False" in page and made in page

@@ -5,16 +5,14 @@ as a script it prints the best configurations."""
 
 import html
 import importlib.util
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from browser import ROOT
+from notebook_runs import make_report, page_text, run_script
+
 NOTEBOOK = ROOT / "notebooks" / "09_sweep_explorer.py"
 SHIPPED = ROOT / "data" / "sweeps" / "mqar_axes.parquet"
 
@@ -42,18 +40,6 @@ warmup = 1
 [space.spec]
 bias = ["l2", "huber"]
 """
-
-
-def _env(**extra):
-    # without PYTEST_CURRENT_TEST: marimo then says its mode is "test", not "script"
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    return {**env, "MARIMO_SKIP_UPDATE_CHECK": "1", "MPLBACKEND": "Agg", **extra}
-
-
-def _page_text(page):
-    """The words a reader sees in a report page: no scripts, styles or tags, whitespace collapsed."""
-    page = re.sub(r"<script.*?</script>|<style.*?</style>", " ", page, flags=re.S)
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
 
 
 def _notebook():
@@ -107,8 +93,7 @@ def test_the_box_names_the_file_its_button_runs_and_a_reload_shows_what_it_wrote
 
 
 def test_script_prints_the_best_configurations_of_the_results_it_shows(tmp_path):
-    done = subprocess.run([sys.executable, str(NOTEBOOK)], cwd=ROOT, env=_env(MIRAS_LITE_RUNS=str(tmp_path / "runs")),
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    done = run_script(NOTEBOOK, env={"MIRAS_LITE_RUNS": str(tmp_path / "runs")})
     assert done.returncode == 0, done.stderr[-4000:]
     lines = done.stdout.splitlines()
     assert lines[0] == "sweep results: data/sweeps/mqar_axes.parquet (shipped), 24 trials (24 complete)", done.stdout
@@ -127,12 +112,10 @@ def test_shipped_report_shows_results_and_runs_no_sweep(tmp_path):
     Run button or storage-URL field; MIRAS_LITE_QUICK is ignored, as in the other reports."""
     output = tmp_path / "09.html"
     runs = tmp_path / "runs"
-    done = subprocess.run([sys.executable, "-m", "miras_lite", "report", str(NOTEBOOK), "-o", str(output)], cwd=ROOT,
-                          env=_env(MIRAS_LITE_QUICK="1", MIRAS_LITE_RUNS=str(runs)), capture_output=True, text=True,
-                          timeout=300)
+    done = make_report(NOTEBOOK, output, env={"MIRAS_LITE_QUICK": "1", "MIRAS_LITE_RUNS": str(runs)})
     assert done.returncode == 0, done.stderr[-4000:]
     page = output.read_text()
-    text = _page_text(page)
+    text = page_text(page)
     assert "This page is a report: no sweep ran for it" in text, text[:3000]
     assert "Shown: data/sweeps/mqar_axes.parquet (shipped) . 24 trials : 24 complete" in text
     assert not (runs / "sweeps").exists() or not any((runs / "sweeps").iterdir())  # nothing ran
