@@ -6,6 +6,8 @@
     python -m miras_lite train --task babilong --model armt --context-length 256 \
         --curriculum 0:128,300:256 --steps 600 --out runs/armt
     python -m miras_lite eval runs/armt --lengths 1024 4096   # streamed accuracy vs context length
+    python -m miras_lite train --task niah --haystack passkey --context-length 1024 --out runs/niah
+    python -m miras_lite eval runs/niah --lengths 1024 2048   # accuracy by context length and needle depth
 
 `train` turns its options into a `config.RunConfig` (options not given keep the config's defaults),
 trains it with a progress bar on stderr and prints a summary; RUN_DIR receives checkpoint.pt,
@@ -35,11 +37,12 @@ import torch
 
 from . import checkpoint
 from .config import (MODEL_CONFIGS, TASK_CONFIGS, ARMTConfig, BabiLongConfig, FitConfig, LMConfig, MirasLMConfig,
-                     MQARConfig, RunConfig)
+                     MQARConfig, NIAHConfig, RunConfig)
 from .presets import PRESETS, named_preset
 from .reports.command import add_report_parser
 from .spec import MemorySpec
 from .sweeps.cli import add_parser as add_sweep_parser
+from .tasks.niah import HAYSTACKS
 from .files import RunDirectoryError, RunLock
 from .train import ProgressBar, TrainingDiverged, evaluate, summarize
 
@@ -98,6 +101,8 @@ TASK_OPTIONS = {
              "train_examples": "train_examples", "test_examples": "test_examples"},
     "babilong": {"babi_task": "task", "context_length": "context_length", "text": "filler",
                  "test_examples": "test_examples", "questions": "questions"},
+    "niah": {"haystack": "haystack", "context_length": "context_length", "digits": "digits", "text": "filler",
+             "test_examples": "test_examples"},
     "lm": {"text": "path", "level": "level", "seq_len": "seq_len"},
 }
 MODEL_OPTIONS = {
@@ -296,6 +301,11 @@ def run_eval(args):
             tables["streamed accuracy vs context length"] = babilong_accuracy(
                 model, task.task, args.lengths, num_samples=args.samples, segment_size=model.segment_size,
                 filler=task.filler)
+    elif task.name == "niah":
+        from .tasks.niah import niah_accuracy
+
+        tables["accuracy by context length and needle depth"] = niah_accuracy(
+            model, task.build(0), args.lengths or [task.context_length], samples=args.samples)
     else:
         built = task.build(0)
         tables["held-out scores"] = pl.DataFrame([{**evaluate(model, *built.test_set()), **built.evaluate(model)}])
@@ -325,8 +335,8 @@ def build_parser():
                    "holds a run is refused unless --overwrite")
     p.add_argument("--overwrite", action="store_true", default=False, help="replace the run already in --out (its "
                    "checkpoint.pt, metrics.parquet and run.json are removed before training starts)")
-    miras, armt, mqar, babi, lm, fit = (MirasLMConfig(), ARMTConfig(), MQARConfig(), BabiLongConfig(), LMConfig(),
-                                        FitConfig())
+    miras, armt, mqar, babi, niah, lm, fit = (MirasLMConfig(), ARMTConfig(), MQARConfig(), BabiLongConfig(),
+                                              NIAHConfig(), LMConfig(), FitConfig())
     g = p.add_argument_group("model")
     g.add_argument("--preset", default="gated_deltanet", choices=sorted(PRESETS), help="memory preset (default "
                    "gated_deltanet); its recommended chunk size, eta_max, lr and steps are the defaults of those options")
@@ -352,12 +362,18 @@ def build_parser():
                    f"{mqar.num_kv_pairs})")
     g.add_argument("--train-examples", type=int, help=f"MQAR training set size, cycled (default {mqar.train_examples})")
     g.add_argument("--test-examples", type=int, help=f"held-out examples (MQAR: per pair count, default "
-                   f"{mqar.test_examples}; babilong: default {babi.test_examples})")
-    g.add_argument("--text", help="LM task: a text file (default: the shipped corpus); babilong: a filler text file")
+                   f"{mqar.test_examples}; babilong: default {babi.test_examples}; niah: per depth, default "
+                   f"{niah.test_examples})")
+    g.add_argument("--text", help="LM task: a text file (default: the shipped corpus); babilong, niah: a filler "
+                   "text file")
     g.add_argument("--babi-task", choices=("qa1", "qa2", "qa3"), help=f"babilong task (default {babi.task})")
-    g.add_argument("--context-length", type=int, help=f"babilong training context length (default {babi.context_length})")
+    g.add_argument("--context-length", type=int, help=f"babilong / niah training context length (default "
+                   f"{babi.context_length} / {niah.context_length})")
     g.add_argument("--questions", choices=("one", "all"), help="babilong training batches: one question (default) "
                    "or every answerable question of the story (more labels per sample)")
+    g.add_argument("--haystack", choices=HAYSTACKS, help=f"niah: a number in repeated noise, a "
+                   f"number or a word in essay filler (default {niah.haystack})")
+    g.add_argument("--digits", type=int, help=f"niah: digits of the number (default {niah.digits})")
     g.add_argument("--level", choices=("char", "word"), help=f"LM task tokenisation (default {lm.level})")
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, help=f"default {fit.steps}")
@@ -367,7 +383,7 @@ def build_parser():
     g.add_argument("--warmup", type=int, help="warmup steps (default min(100, steps/10))")
     g.add_argument("--clip", type=float, help=f"gradient norm clip (0: none; default {fit.clip})")
     g.add_argument("--eval-every", type=int, help="steps between evaluations (default steps/10)")
-    g.add_argument("--curriculum", default=None, help="babilong context length by step, e.g. 0:128,300:256")
+    g.add_argument("--curriculum", default=None, help="babilong / niah context length by step, e.g. 0:128,300:256")
     g.add_argument("--advance-below", type=float, default=None, help="start each --curriculum stage earlier, once "
                    "the mean training loss of 20 steps is below this")
     g.add_argument("--target", type=float, help="stop once the held-out accuracy reaches this")
@@ -386,8 +402,10 @@ def build_parser():
     p.add_argument("--vocab-size", type=int, default=None)
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--by-distance", action="store_true", help="MQAR: also accuracy per query distance")
-    p.add_argument("--lengths", type=int, nargs="+", default=None, help="babilong + ARMT: streamed accuracy at these context lengths")
-    p.add_argument("--samples", type=int, default=50, help="babilong --lengths: samples per length (default 50)")
+    p.add_argument("--lengths", type=int, nargs="+", default=None, help="babilong + ARMT: streamed accuracy at these "
+                   "context lengths; niah: accuracy by needle depth at these lengths (default: the run's)")
+    p.add_argument("--samples", type=int, default=50, help="babilong --lengths: samples per length; niah: per length "
+                   "and depth (default 50)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="also write the tables to this parquet file (a column 'table' "
                    "says which)")

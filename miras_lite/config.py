@@ -144,6 +144,28 @@ class BabiLongConfig(_Config):
 
 
 @dataclass(frozen=True)
+class NIAHConfig(_Config):
+    """RULER-style needle in a haystack (`tasks.NeedleInHaystack`): a number ("passkey" in repeated noise,
+    "number" in essay filler) or a "word" hidden at a random depth of `context_length` tokens."""
+
+    haystack: str = "number"
+    context_length: int = 1024
+    digits: int = 4
+    filler: str | None = None
+    test_examples: int = 20
+    name: str = "niah"
+
+    def __post_init__(self):
+        _task_error(self.build, 0)  # the task checks every field (a few ms: no sample is drawn)
+
+    def build(self, seed):
+        from .tasks.niah import NeedleInHaystack
+
+        return NeedleInHaystack(self.haystack, self.context_length, self.digits, test_examples=self.test_examples,
+                                filler=self.filler, seed=seed)
+
+
+@dataclass(frozen=True)
 class LMConfig(_Config):
     """Next-token prediction on a text (`tasks.LanguageModeling`; path None: the shipped corpus)."""
 
@@ -174,7 +196,7 @@ def _task_error(check, *args):
         raise ValueError(f"task.{error}") from None
 
 
-TASK_CONFIGS = {c.name: c for c in (MQARConfig(), BabiLongConfig(), LMConfig())}
+TASK_CONFIGS = {c.name: c for c in (MQARConfig(), BabiLongConfig(), NIAHConfig(), LMConfig())}
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -300,7 +322,7 @@ class RunConfig(_Config):
     `fit`. threads: torch threads while training (None: leave torch's setting).
     """
 
-    task: MQARConfig | BabiLongConfig | LMConfig = field(default_factory=MQARConfig)
+    task: MQARConfig | BabiLongConfig | NIAHConfig | LMConfig = field(default_factory=MQARConfig)
     model: MirasLMConfig | ARMTConfig = field(default_factory=MirasLMConfig)
     spec: str | dict = "gated_deltanet"
     fit: FitConfig = field(default_factory=FitConfig)
