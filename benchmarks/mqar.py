@@ -3,8 +3,8 @@
     speed       training tokens/s of MirasLM(8192, d_model=64, 2 layers, 2 heads, spec=NAME) on MQAR (L=256,
                 16 pairs, batch 32, one thread), steps after warm-up, every preset and attention; the ratio to
                 gated_deltanet measured in the same run (target >= 0.5 for the MLP-memory presets)
-    playground  every preset at its recommended settings (`Preset.recommended`) on the playground's default
-                MQAR (V=64, L=32, 4 pairs): time to a held-out accuracy of 0.9 (target: within 90 s on 2 cores)
+    playground  every preset and attention at its recommended settings (`presets.recommended`) on the playground's
+                default MQAR (V=64, L=32, 4 pairs): time to a held-out accuracy of 0.9 (target: within 90 s on 2 cores)
     recipes     MirasLM on MQAR (V=8192, L=256, 16 pairs): time to 0.9 / 0.99 held-out accuracy per recipe
 
 A recipe is a `RunConfig` with a time budget: a curriculum trains first on short, easy MQAR (L=64, 4 pairs:
@@ -21,6 +21,7 @@ import torch
 
 import miras_lite as ml
 from miras_lite.config import FitConfig, MirasLMConfig, MQARConfig, RunConfig
+from miras_lite.presets import recommended as recommended_settings
 from miras_lite.tasks.mqar import MQAR
 from miras_lite.train import make_optimizer
 
@@ -86,17 +87,22 @@ PLAYGROUND_TASK = MQARConfig(vocab_size=64, seq_len=32, num_kv_pairs=4, train_ex
 
 
 def playground_run(name):
-    """A preset at its recommended settings on the playground's default task, as the playground trains it."""
-    recommended = ml.named_preset(name).recommended
-    return RunConfig(task=PLAYGROUND_TASK, spec=name,
+    """A preset (or "attention", the softmax-attention baseline) at its recommended settings on the playground's
+    default task, as the playground trains it."""
+    recommended = recommended_settings(name)
+    return RunConfig(task=PLAYGROUND_TASK, spec="gated_deltanet" if name == "attention" else name,
                      model=MirasLMConfig(d_model=64, n_layers=2, num_heads=1, chunk_size=recommended.chunk_size,
-                                         eta_max=recommended.eta_max),
+                                         eta_max=recommended.eta_max, mixer=_mixer(name)),
                      fit=FitConfig(steps=recommended.steps, batch_size=16, lr=recommended.lr,
                                    warmup=min(50, recommended.steps // 10), eval_every=max(1, recommended.steps // 20)))
 
 
+def _mixer(name):
+    return "attention" if name == "attention" else "miras"
+
+
 def playground(args):
-    names = args.presets or list(ml.PRESETS)
+    names = args.presets or ["attention", *ml.PRESETS]
     print(f"# every preset at its recommended settings on MQAR V=64, L=32, 4 pairs (MirasLM d_model=64, 2 layers, 1 "
           f"head, batch 16); time to 0.9 held-out accuracy, budget {args.budget:.0f} s; {machine_line()}", flush=True)
     rows = []
@@ -126,10 +132,10 @@ WARMUP_STAGE = {"seq_len": 64, "num_kv_pairs": 4}
 
 
 def _recipe(spec, switch, advance_below=None, num_heads=1, chunk_size="auto", eta_max=None, steps=1400, lr=1e-2,
-            target=0.99):
+            target=0.99, mixer="miras"):
     return RunConfig(task=TARGET_TASK, spec=spec,
                      model=MirasLMConfig(d_model=64, n_layers=2, num_heads=num_heads, chunk_size=chunk_size,
-                                         eta_max=eta_max),
+                                         eta_max=eta_max, mixer=mixer),
                      fit=FitConfig(steps=steps, batch_size=32, lr=lr, warmup=50, eval_every=50, target=target),
                      curriculum=((0, WARMUP_STAGE), (switch, {})), advance_below=advance_below, threads=2)
 
@@ -137,6 +143,9 @@ def _recipe(spec, switch, advance_below=None, num_heads=1, chunk_size="auto", et
 # name -> (RunConfig, the time budget in seconds on 2 CPU cores)
 RECIPES = {
     "gated_deltanet": (_recipe("gated_deltanet", switch=1000, advance_below=1.0, chunk_size=None), 180.0),
+    # softmax attention (with the same short conv on q, k, v) at its recommended learning rate, same curriculum
+    "attention": (_recipe("gated_deltanet", switch=1000, advance_below=1.0, mixer="attention",
+                          lr=recommended_settings("attention").lr), 180.0),
     "lp+lq": (_recipe({"bias": "lp", "retention": "lq"}, switch=600, chunk_size=8, eta_max=1.0, steps=1300), 300.0),
     # the flagships with their preset's inner rate and learning rate, in chunks of 32 tokens
     **{name: (_recipe(name, switch=1500, advance_below=1.0, chunk_size=32, eta_max=ml.named_preset(name).recommended.eta_max,
@@ -211,12 +220,12 @@ def build_parser():
     p.add_argument("--quick", action="store_true", help="MQAR V=64, L=32, 4 pairs instead (a smoke test)")
     p.set_defaults(run=speed)
     p = sub.add_parser("playground", help="every preset at its recommended settings on the playground's MQAR")
-    p.add_argument("--presets", nargs="+", choices=list(ml.PRESETS), help="default: all")
+    p.add_argument("--presets", nargs="+", choices=["attention", *ml.PRESETS], help="default: all, and attention")
     p.add_argument("--budget", type=float, default=90.0, help="seconds per preset (default 90)")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(run=playground)
     p = sub.add_parser("recipes", help="time to accuracy on MQAR V=8192, L=256, 16 pairs")
-    p.add_argument("--specs", nargs="+", default=["gated_deltanet", *FLAGSHIPS], choices=list(RECIPES))
+    p.add_argument("--specs", nargs="+", default=["gated_deltanet", "attention", *FLAGSHIPS], choices=list(RECIPES))
     p.add_argument("--budget-factor", type=float, default=1.0, help="stop each recipe at factor × its budget")
     p.add_argument("--final-examples", type=int, default=2000, help="held-out examples scored at the end")
     p.add_argument("--quick", action="store_true", help="tiny versions of the recipes (a smoke test)")

@@ -107,7 +107,7 @@ TASK_OPTIONS = {
 }
 MODEL_OPTIONS = {
     "miras_lm": {"d_model": "d_model", "layers": "n_layers", "heads": "num_heads", "mixer": "mixer",
-                 "chunk_size": "chunk_size", "eta_max": "eta_max"},
+                 "chunk_size": "chunk_size", "eta_max": "eta_max", "conv_size": "conv_size"},
     "armt": {"d_model": "d_model", "layers": "n_layers", "heads": "num_heads", "segment_size": "segment_size",
              "mem_tokens": "num_mem_tokens", "memory": "memory", "conv_size": "conv_size"},
 }
@@ -353,8 +353,9 @@ def build_parser():
                    "--spec / --preset memory)")
     g.add_argument("--segment-size", type=int, help=f"ARMT segment size (default {armt.segment_size})")
     g.add_argument("--mem-tokens", type=int, help=f"ARMT memory tokens per segment (default {armt.num_mem_tokens})")
-    g.add_argument("--conv-size", type=int, help="ARMT: causal conv over K tokens before each attention "
-                   f"(default {armt.conv_size}: none, the paper's blocks)")
+    g.add_argument("--conv-size", type=int, help=f"short causal conv over K tokens: MirasLM, on q, k, v of every "
+                   f"mixer, attention too (default {miras.conv_size}; 0: none); ARMT, before each attention (default "
+                   f"{armt.conv_size}: none, the paper's blocks)")
     g = p.add_argument_group("task")
     g.add_argument("--vocab-size", type=int, help=f"MQAR vocabulary V (default {mqar.vocab_size})")
     g.add_argument("--seq-len", type=int, help=f"sequence length L (default MQAR {mqar.seq_len}, LM {lm.seq_len})")

@@ -204,8 +204,10 @@ TASK_CONFIGS = {c.name: c for c in (MQARConfig(), BabiLongConfig(), NIAHConfig()
 
 @dataclass(frozen=True)
 class MirasLMConfig(_Config):
-    """`MirasLM` without its vocabulary (the task's) and spec (the run's); ``chunk_rule``, ``eta_max`` and
-    ``conv_size`` go to every `MirasLayer` (None for eta_max: the layer's default)."""
+    """`MirasLM` without its vocabulary (the task's) and spec (the run's); ``chunk_rule`` and ``eta_max`` go to
+    every `MirasLayer` (None for eta_max: the layer's default), ``conv_size`` (the short causal convolution on
+    q, k, v) to every mixer, `MirasLayer` and `AttentionLayer` alike, so that attention and the memories are
+    compared in the same block (0: none, e.g. Zoology's plain attention)."""
 
     d_model: int = 64
     n_layers: int = 2
@@ -224,8 +226,9 @@ class MirasLMConfig(_Config):
         layer = {"conv_size": self.conv_size, "chunk_rule": self.chunk_rule}
         if self.eta_max is not None:
             layer["eta_max"] = self.eta_max
+        attention = {"conv_size": self.conv_size} if self.mixer != "miras" else None
         return MirasLM(vocab_size, self.d_model, self.n_layers, self.num_heads, mixer=self.mixer, spec=spec,
-                       chunk_size=self.chunk_size, window=self.window, miras_kwargs=layer)
+                       chunk_size=self.chunk_size, window=self.window, miras_kwargs=layer, attention_kwargs=attention)
 
 
 @dataclass(frozen=True)

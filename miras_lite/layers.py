@@ -354,19 +354,31 @@ class AttentionLayer(nn.Module):
                    positions (t - W, t] (itself and the W - 1 before it).
         head_dim:  per-head width (default ``d_model // num_heads``); must be even (RoPE rotates pairs).
         rope_base: RoPE base frequency.
+        conv_size: kernel K of a short depthwise causal convolution on q, k, v (0, the default: none,
+                   the plain Transformer attention of Zoology; `MirasLayer` has one of K = 4).
 
-    ``q, k, v = Linear(x)`` (bias-free), RoPE on q and k (positions 0..T-1, "half split"
-    layout), ``torch.nn.functional.scaled_dot_product_attention`` (``is_causal=True`` without a
-    window or when ``window >= T``, else the explicit boolean `mask`), bias-free output projection.
+    ``q, k, v = Linear(x)`` (bias-free), or ``ShortConv(Linear(x))`` with ``conv_size = K > 0``
+    (``c_t = Σ_{j<K} w_j ⊙ p_{t−j}`` per channel, as `MirasLayer` without its SiLU), then RoPE on q and k
+    (positions 0..T-1, "half split" layout) and
+
+        o_t = Σ_{s ≤ t} softmax_s(q_t · k_s / √D) v_s
+
+    by ``torch.nn.functional.scaled_dot_product_attention`` (``is_causal=True`` without a window or when
+    ``window >= T``, else the explicit boolean `mask`), bias-free output projection. The convolution lets
+    token t see its K − 1 predecessors before attending: on MQAR a value then carries its key, and one
+    attention layer recalls it. Without it attention must first form a previous-token head and an
+    induction head across its two layers, a plateau that lasts about ten times as many steps on the
+    playground's MQAR (README, `benchmarks.mqar`).
 
     ``forward(x, initial_state=None, return_state=False)`` has the `MirasLayer` signature; there is
     no recurrent state (no KV cache), so ``initial_state`` must be None and the returned state is None.
     """
 
     def __init__(self, d_model: int, num_heads: int, window: int | None = None,
-                 head_dim: int | None = None, rope_base: float = 10000.0):
+                 head_dim: int | None = None, rope_base: float = 10000.0, conv_size: int = 0):
         super().__init__()
         head_dim = _head_dim(d_model, num_heads, head_dim)
+        check_int("conv_size", conv_size, minimum=0)
         if head_dim % 2 != 0:
             raise ValueError(f"head_dim={head_dim} must be even for rotary embeddings")
         if window is not None:
@@ -380,9 +392,20 @@ class AttentionLayer(nn.Module):
         self.k_proj = nn.Linear(d_model, inner, bias=False)
         self.v_proj = nn.Linear(d_model, inner, bias=False)
         self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.conv_size = conv_size
+        self.conv = CausalDepthwiseConv1d(3 * inner, conv_size) if conv_size > 0 else None
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, window={self.window}"
+        return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, window={self.window}, "
+                f"conv_size={self.conv_size}")
+
+    def qkv(self, x: torch.Tensor):
+        """Queries, keys and values ``[B, H, T, D]`` before RoPE: the projections, through the short conv if any."""
+        B, T, _ = x.shape
+        projected = (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        if self.conv is not None:
+            projected = self.conv(torch.cat(projected, dim=-1))[0].chunk(3, dim=-1)
+        return [p.reshape(B, T, self.num_heads, self.head_dim).transpose(1, 2) for p in projected]
 
     def mask(self, T: int, device=None) -> torch.Tensor:
         """Boolean ``[T, T]`` mask, True where query t may attend key s: ``t - window < s <= t``."""
@@ -400,9 +423,7 @@ class AttentionLayer(nn.Module):
             raise ValueError("initial_state must be None for AttentionLayer (it keeps no recurrent state)")
         B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim
-        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_proj(x).view(B, T, H, D).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, H, D).transpose(1, 2)
+        q, k, v = self.qkv(x)  # [B, H, T, D]
         cos, sin = rotary_cos_sin(T, D, self.rope_base, device=x.device, dtype=x.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if self.window is None or self.window >= T:

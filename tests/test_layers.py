@@ -178,14 +178,29 @@ def _rope_reference(x):
     return torch.cat([z.real, z.imag], -1)
 
 
+def _short_conv_reference(p, weight):
+    """``c_t = Σ_{j<K} w_{K−1−j} ⊙ p_{t−j}`` (p_s = 0 for s < 0), one channel at a time; weight ``[C, K]``."""
+    T, K = p.shape[1], weight.shape[1]
+    out = torch.zeros_like(p)
+    for t in range(T):
+        for j in range(min(K, t + 1)):
+            out[:, t] += weight[:, K - 1 - j] * p[:, t - j]
+    return out
+
+
 def _attention_reference(layer, x):
     B, T, _ = x.shape
     H, D = layer.num_heads, layer.head_dim
+    projected = [lin(x).double() for lin in (layer.q_proj, layer.k_proj, layer.v_proj)]
+    if layer.conv_size:
+        weight = layer.conv.conv.weight.double()[:, 0].split(H * D)  # [3·H·D, K]: q's channels, then k's, v's
+        projected = [_short_conv_reference(p, w) for p, w in zip(projected, weight)]
 
-    def heads(lin):
-        return lin(x).double().view(B, T, H, D).transpose(1, 2)
+    def heads(p):
+        return p.view(B, T, H, D).transpose(1, 2)
 
-    q, k, v = _rope_reference(heads(layer.q_proj)), _rope_reference(heads(layer.k_proj)), heads(layer.v_proj)
+    q, k, v = (heads(p) for p in projected)
+    q, k = _rope_reference(q), _rope_reference(k)
     out = torch.zeros(B, H, T, D, dtype=torch.float64)
     W = layer.window if layer.window is not None else T
     for t in range(T):
@@ -203,6 +218,21 @@ def test_attention_matches_slow_reference(window):
     x = _x(2, 13, 32)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), _attention_reference(layer, x), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("conv_size,window", [(1, None), (4, None), (4, 3)])
+def test_attention_with_short_conv_matches_slow_reference(conv_size, window):
+    torch.manual_seed(0)
+    layer = AttentionLayer(32, 2, window=window, conv_size=conv_size)
+    x = _x(2, 13, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), _attention_reference(layer, x), atol=1e-5, rtol=1e-4)
+
+
+def test_attention_short_conv_is_causal_and_off_by_default():
+    torch.manual_seed(0)
+    _check_causal(AttentionLayer(32, 4, conv_size=4))
+    assert AttentionLayer(32, 4).conv is None
 
 
 def test_attention_window_one_is_value_projection():
@@ -361,6 +391,7 @@ def test_miras_invalid_input():
         (dict(d_model=30, num_heads=2), "head_dim"),  # head_dim 15 is odd
         (dict(d_model=32, num_heads=2, window=0), "window"),
         (dict(d_model=32, num_heads=2, window=1.5), "window"),
+        (dict(d_model=32, num_heads=2, conv_size=-1), "conv_size"),
     ],
 )
 def test_attention_invalid_args(kwargs, name):

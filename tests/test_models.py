@@ -141,6 +141,31 @@ def test_lm_bad_arguments(kwargs, name):
         MirasLM(**kwargs)
 
 
+def test_attention_gets_the_short_conv_of_the_config():
+    """`MirasLMConfig.conv_size` goes to every mixer, attention too; 0 gives Zoology's plain attention."""
+    from miras_lite.config import MirasLMConfig
+
+    for mixer in ("attention", "sliding", "hybrid"):
+        model = MirasLMConfig(mixer=mixer, conv_size=3).build(37, "gated_deltanet")
+        assert [block.mixer.conv_size for block in model.blocks] == [3, 3], mixer
+        rebuilt = MirasLM(**model.config)
+        rebuilt.load_state_dict(model.state_dict())
+        ids = _ids(2, 9, 37)
+        torch.testing.assert_close(rebuilt(ids)["logits"], model(ids)["logits"])
+    plain = MirasLMConfig(mixer="attention", conv_size=0).build(37, "gated_deltanet")
+    assert all(block.mixer.conv is None for block in plain.blocks)
+    assert _lm("attention").blocks[0].mixer.conv is None  # MirasLM's own default: no attention_kwargs
+
+
+def test_attention_kwargs_are_checked():
+    with pytest.raises(ValueError, match="attention_kwargs"):
+        _lm("attention", attention_kwargs={"bogus": 1})
+    with pytest.raises(ValueError, match="attention_kwargs"):
+        _lm("attention", attention_kwargs={"window": 3})
+    with pytest.raises(ValueError, match="attention_kwargs"):
+        _lm("attention", attention_kwargs=[("conv_size", 4)])
+
+
 def test_lm_bad_inputs():
     model = _lm("attention")
     with pytest.raises(ValueError, match="input_ids"):
