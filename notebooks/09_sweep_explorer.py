@@ -21,7 +21,7 @@ with app.setup(hide_code=True):
     from miras_lite.sweeps import load_sweep, prepare, read_trials, run_sweep
     from miras_lite.sweeps.export import seed_agreement, swept_axes
     from miras_lite.sweeps.storage import redact_url
-    from miras_lite.ui import report_mode, runs_root, script_print
+    from miras_lite.ui import course_link, report_mode, runs_root, script_print
 
     REPORT = report_mode()
     ROOT = Path(ml.__file__).resolve().parents[1]
@@ -369,6 +369,14 @@ def _():
     - **Where do the axes matter?** Switch the panels to `optimizer` × `retention`: does momentum help
       at more pairs $D$? Brush the top of the scatter: which bias is left in the table?
     """)
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    _next = course_link("10_claims.py")
+    mo.md(f"**Next:** [10 · Do the papers' claims hold here?]({_next}): claims of the Titans and Miras papers "
+          "retested with small models, three seeds each, and a verdict per claim.")
     return
 
 

@@ -24,7 +24,8 @@ SUMMARIES = {
     "06_playground.py": ("trained gated_deltanet on MQAR, finished after 8 of 8 steps", "07_armt_babilong"),
     "07_armt_babilong.py": ("model: a tiny quick-mode ARMT", "08_kernels"),
     "08_kernels.py": ("kernel check: gated_deltanet", "09_sweep_explorer"),
-    "09_sweep_explorer.py": ("sweep results: data/sweeps/mqar_axes.parquet (shipped)", None),
+    "09_sweep_explorer.py": ("sweep results: data/sweeps/mqar_axes.parquet (shipped)", "10_claims"),
+    "10_claims.py": ("claims results: data/claims/results.parquet (shipped)", None),
 }
 
 pytestmark = pytest.mark.slow
@@ -119,15 +120,15 @@ def test_gallery_cards(monkeypatch, tmp_path):
         assert title.startswith(name[:2] + " · ") and description and "\n" not in description, (title, description)
         copy = tmp_path / name
         copy.write_text((ROOT / "notebooks" / name).read_text(encoding="utf-8"), encoding="utf-8")
-    (tmp_path / "10_untitled.py").write_text("import marimo\n\napp = marimo.App()\n", encoding="utf-8")
+    (tmp_path / "11_untitled.py").write_text("import marimo\n\napp = marimo.App()\n", encoding="utf-8")
     pictures = write_course_pictures([tmp_path])
     assert len(pictures) == len(SUMMARIES) + 1
     assert all(p.read_bytes().startswith(b"\x89PNG") and p.name == CARD_PICTURE for p in pictures)
     card = opengraph.resolve_opengraph_metadata(str(tmp_path / "05_deep_memory.py"))
     assert (card.title, card.description) == notebook_card(tmp_path / "05_deep_memory.py")
     assert card.image == f"__marimo__/assets/05_deep_memory/{CARD_PICTURE}"
-    untitled = opengraph.resolve_opengraph_metadata(str(tmp_path / "10_untitled.py"))
-    assert untitled.title == "10 Untitled" and untitled.description is None  # marimo's defaults
+    untitled = opengraph.resolve_opengraph_metadata(str(tmp_path / "11_untitled.py"))
+    assert untitled.title == "11 Untitled" and untitled.description is None  # marimo's defaults
 
 
 @pytest.mark.parametrize("name,shown", [

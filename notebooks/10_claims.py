@@ -1,0 +1,204 @@
+"""10 · Do the papers' claims hold here?
+
+Claims of the Titans and Miras papers, tested with small models on associative recall: the paper's finding beside ours, three seeds each, and a verdict.
+"""
+
+import marimo
+
+__generated_with = "0.25.2"
+app = marimo.App(width="medium", app_title="miras-lite: the papers' claims")
+
+with app.setup(hide_code=True):
+    from pathlib import Path
+
+    import altair as alt
+    import marimo as mo
+    import polars as pl
+
+    import miras_lite as ml
+    from benchmarks.claims import MARGIN, all_claims, collect, summary, train_row, verdicts
+    from miras_lite.ui import quick_mode, report_mode, runs_root, script_print
+
+    REPORT = report_mode()
+    QUICK = quick_mode()
+    ROOT = Path(ml.__file__).resolve().parents[1]
+    SHIPPED = ROOT / "data" / "claims"  # rebuilt by `python -m benchmarks.claims --dir data/claims --workers 2`
+    CLAIMS = all_claims()
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(rf"""
+    # Do the papers' claims hold here?
+
+    The papers behind this course make claims such as "momentum helps the memory" or "an $\ell_3$ loss
+    beats the usual $\ell_2$ one". They measured them on models with hundreds of millions of parameters
+    trained on billions of tokens. Here every claim is retested with small models (two layers, width 64)
+    on multi-query associative recall (MQAR), so you can see which findings already show at this scale.
+
+    Every model of a claim trains with **the same budget** (steps, batch, task) and **the same three seeds**.
+    Its score is its **recall**: the mean held-out accuracy over $D = 1, 2, 4, 6, 8$ key-value pairs (it
+    was trained on 1 to 4). A verdict compares two models seed by seed:
+
+    - **reproduced**: on every seed the difference goes the paper's way by more than {MARGIN};
+    - **not reproduced**: on every seed it goes the other way by more than {MARGIN};
+    - **inconclusive**: the seeds disagree, or the difference is within {MARGIN}.
+
+    **What you will learn:** how to turn a paper's sentence into a controlled comparison, why one seed is
+    not enough, and which parts of the Miras design space matter on a task a laptop can train.
+    """)
+    return
+
+
+@app.function
+def result_files():
+    """The results this page can show, by label: those of a claims run under runs/claims (if any), then the
+    shipped ones."""
+    saved = runs_root() / "claims" / "results.parquet"
+    files = {str(saved): saved} if saved.is_file() else {}
+    shipped = SHIPPED / "results.parquet"
+    return {**files, **({"data/claims/results.parquet (shipped)": shipped} if shipped.is_file() else {})}
+
+
+@app.cell
+def _():
+    result_paths = result_files()
+    results_choice = mo.ui.dropdown(options=list(result_paths), value=next(iter(result_paths), None),
+                                    label="results")
+    results_choice
+    return result_paths, results_choice
+
+
+@app.cell
+def _(result_paths, results_choice):
+    mo.stop(results_choice.value is None, mo.callout(mo.md(
+        "No results yet: run `python -m benchmarks.claims --workers 2` (about 40 minutes on two cores)."),
+        kind="info"))
+    results = pl.read_parquet(result_paths[results_choice.value])
+    return (results,)
+
+
+@app.function
+def claim_chart(claim, rows):
+    """Recall of each model of `claim`: one point per seed, a tick at the mean, the chance line dashed."""
+    chance = 2 / next(iter(claim.runs.values())).task.vocab_size
+    base = alt.Chart(rows).encode(
+        y=alt.Y("model:N", sort=list(claim.runs), title=None),
+        x=alt.X("recall:Q", title="recall (mean held-out accuracy over D)", scale=alt.Scale(domain=[0, 1])))
+    seeds = base.mark_circle(size=60, opacity=0.7).encode(
+        color=alt.Color("seed:N", title="seed"),
+        tooltip=["model:N", "seed:N", alt.Tooltip("recall:Q", format=".3f")])
+    means = alt.Chart(summary(rows)).mark_tick(thickness=3, size=22, color="black").encode(
+        y=alt.Y("model:N", sort=list(claim.runs)), x=alt.X("mean:Q"),
+        tooltip=["model:N", alt.Tooltip("mean:Q", format=".3f", title="mean over seeds")])
+    rule = alt.Chart(pl.DataFrame({"chance": [chance]})).mark_rule(strokeDash=[4, 4], color="gray").encode(
+        x="chance:Q")
+    return (rule + seeds + means).properties(width=520, height=28 * len(claim.runs), title=claim.source)
+
+
+@app.function
+def claim_section(claim, results):
+    """A claim: what the paper found, our recall per model and seed, the verdicts."""
+    rows = results.filter(pl.col("claim") == claim.name)
+    if rows.height == 0:
+        return mo.vstack([mo.md(f"### {claim.source}\n\n**The paper:** {claim.says}\n\n_Not measured in these "
+                                "results._")])
+    judged = verdicts([claim], rows)
+    run = next(iter(claim.runs.values()))
+    budget = (f"{run.fit.steps} steps of batch {run.fit.batch_size}, MQAR V={run.task.vocab_size}, "
+              f"L={run.task.seq_len}, d_model {run.model.d_model}")
+    return mo.vstack([
+        mo.md(f"### {claim.source}\n\n**The paper:** {claim.says}\n\n**Here:** {budget}, seeds "
+              f"{', '.join(map(str, sorted(rows['seed'].unique())))}."),
+        claim_chart(claim, rows),
+        mo.md("\n".join(f"- **{r['expects']}: {r['verdict']}.** {r['why']}" for r in judged.iter_rows(named=True))),
+    ])
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    ## The claims
+
+    Each section states what the paper found, then shows our recall per model: a dot per seed and a
+    black tick at the mean; the dashed line is chance. Below the chart, each expectation gets its verdict
+    and the per-seed numbers behind it.
+    """)
+    return
+
+
+@app.cell
+def _(results, results_choice):
+    _judged = verdicts(list(CLAIMS.values()), results)
+    script_print(f"claims results: {results_choice.value}, {results.height} rows",
+                 *(f"{r['claim']}: {r['expects']}: {r['verdict']}" for r in _judged.iter_rows(named=True)))
+    mo.vstack([claim_section(claim, results) for claim in CLAIMS.values()], gap=2)
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    ## Rerun one row
+
+    Pick a model of a claim and a seed, and train it again here, exactly as the claims benchmark does
+    (`python -m benchmarks.claims`). Your row is kept under `runs/claims/` and shown next to the results
+    above: with another seed, does the verdict still hold?
+    """)
+    return
+
+
+@app.cell
+def _():
+    row_choice = mo.ui.dropdown(options=[f"{c.name} / {m}" for c in CLAIMS.values() for m in c.runs],
+                                value="titans_ablation / titans", label="row")
+    seed_choice = mo.ui.number(start=0, stop=99, value=3, label="seed")
+    rerun = mo.ui.run_button(label="Train this row")
+    if REPORT:
+        _controls = mo.md("_This page is a report: it shows the results file above and trained nothing. Open the "
+                          "notebook in the app (`make app`) to rerun a row._")
+    else:
+        _controls = mo.hstack([row_choice, seed_choice, rerun], justify="start")
+    _controls
+    return rerun, row_choice, seed_choice
+
+
+@app.cell
+def _(rerun, row_choice, seed_choice):
+    mo.stop(REPORT is not None, None)
+    mo.stop(not (rerun.value or QUICK), mo.md("Press **Train this row** (a minute or two on one core)."))
+    _claim, _model = row_choice.value.split(" / ", 1)
+    # quick mode (a script, the tests) trains a tiny version, kept apart, so that the page's code runs in seconds
+    _folder = runs_root() / "quick" / "claims" if QUICK else runs_root() / "claims"
+    with mo.status.spinner(title=f"training {_model}, seed {seed_choice.value}"):
+        _row = train_row(_claim, _model, int(seed_choice.value), _folder, reduced_runs=QUICK)
+    _mine = collect(_folder).filter((pl.col("claim") == _claim) & (pl.col("model") == _model))
+    script_print(f"retrained {_claim} / {_model}, seed {_row['seed']}: recall {_row['recall']:.3f}"
+                 + (" (quick mode: a tiny model)" if QUICK else ""))
+    mo.vstack([
+        mo.md(f"**{_model}, seed {_row['seed']}:** recall **{_row['recall']:.3f}** in {_row['train_s']:.0f} s"
+              + (" (quick mode: a tiny model on a tiny task, not a result)" if QUICK else "")
+              + f". Saved rows of this model in `{_folder}`:"),
+        mo.ui.table(_mine.select("seed", pl.col("recall").round(3), pl.col("train_s").round(1)), selection=None,
+                    show_download=False),
+    ])
+    return
+
+
+@app.cell(hide_code=True)
+def _():
+    mo.md(r"""
+    ## Try this
+
+    - **More seeds.** Run `python -m benchmarks.claims --claims titans_ablation --seeds 0 1 2 3 4 --workers 2`:
+      the rows already measured are skipped, and a verdict that was inconclusive may settle either way.
+    - **A longer budget.** The models that have not learned by the end of their budget score near chance.
+      Is a claim about what a model *can* learn or about how *fast* it learns? Double `steps` in
+      `benchmarks/claims.py` and compare.
+    - **Your own claim.** A claim is a few lines: a dictionary of runs and what you expect of them.
+    """)
+    return
+
+
+if __name__ == "__main__":
+    app.run()

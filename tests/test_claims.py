@@ -1,0 +1,70 @@
+"""The claims benchmark (`benchmarks.claims`): verdicts from per-seed recall, and the command in its reduced mode
+(tiny runs): one process per row, a results file, a rerun that trains only the missing rows, a failed row that
+loses nothing else."""
+
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from benchmarks.claims import Beats, Reaches, all_claims, collect, row_path, verdicts
+from browser import ROOT
+
+
+@pytest.mark.parametrize("better,worse,verdict", [
+    ({0: 0.9, 1: 0.8, 2: 0.95}, {0: 0.5, 1: 0.6, 2: 0.7}, "reproduced"),
+    ({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.9, 1: 0.8, 2: 0.95}, "not reproduced"),
+    ({0: 0.9, 1: 0.5, 2: 0.95}, {0: 0.5, 1: 0.8, 2: 0.7}, "inconclusive"),  # the seeds disagree
+    ({0: 0.91, 1: 0.91, 2: 0.91}, {0: 0.9, 1: 0.9, 2: 0.9}, "inconclusive"),  # within the margin
+])
+def test_beats_pairs_the_seeds(better, worse, verdict):
+    found, why = Beats("a", "b").judge({"a": better, "b": worse})
+    assert found == verdict
+    assert why.startswith("a − b per seed: ") and why.count(",") == 2
+
+
+@pytest.mark.parametrize("values,verdict", [({0: 1.0, 1: 0.995}, "reproduced"), ({0: 0.5, 1: 0.6}, "not reproduced"),
+                                            ({0: 1.0, 1: 0.5}, "inconclusive"), ({}, "inconclusive")])
+def test_reaches(values, verdict):
+    assert Reaches("a", 0.9).judge({"a": values})[0] == verdict
+
+
+def test_every_claim_compares_models_it_trains():
+    for claim in all_claims().values():
+        named = {m for e in claim.expect for m in ((e.better, e.worse) if isinstance(e, Beats) else (e.model,))}
+        assert named <= set(claim.runs), claim.name
+        budgets = {(r.fit.steps, r.fit.batch_size, r.task) for r in claim.runs.values()}
+        assert len(budgets) == 1, f"{claim.name}: the models train with different budgets {budgets}"
+
+
+def _claims(folder, *extra):
+    return subprocess.run([sys.executable, "-m", "benchmarks.claims", "--reduced", "--claims", "titans_ablation",
+                           "--seeds", "0", "--workers", "2", "--dir", str(folder), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_command_resumes_and_a_failed_row_loses_nothing_else(tmp_path):
+    claim = all_claims(reduced_runs=True)["titans_ablation"]
+    blocked = row_path(tmp_path, "titans_ablation", "titans w/o both", 0)
+    blocked.mkdir(parents=True)  # the row's result file cannot be written: its process fails
+    first = _claims(tmp_path)
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "4 rows, 0 already in" in first.stdout and "titans w/o both / seed 0: failed" in first.stdout
+    results = pl.read_parquet(tmp_path / "results.parquet")
+    assert sorted(results["model"]) == sorted(m for m in claim.runs if m != "titans w/o both")
+    assert results["recall"].is_between(0, 1).all() and (results["seed"] == 0).all()
+    assert {v["claim"] for v in verdicts([claim], results).iter_rows(named=True)} == {"titans_ablation"}
+
+    blocked.rmdir()
+    second = _claims(tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "4 rows, 3 already in" in second.stdout and "1 to train" in second.stdout
+    assert second.stdout.count(": done") == 1  # only the missing row trained
+    assert sorted(collect(tmp_path)["model"]) == sorted(claim.runs)
+
+
+def test_an_unknown_claim_is_refused(tmp_path):
+    done = _claims(tmp_path, "--claims", "no_such_claim")
+    assert done.returncode != 0 and "--claims: no_such_claim unknown; allowed values: " in done.stderr
