@@ -25,6 +25,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,13 +189,17 @@ def run_rows(rows, folder, workers, reduced_runs):
             claim, model, seed = waiting.pop(0)
             command = [sys.executable, "-m", "benchmarks.claims", "--row", claim, model, str(seed), "--dir",
                        str(folder), *(["--reduced"] if reduced_runs else [])]
-            running[(claim, model, seed)] = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+            # stderr goes to a file, not a pipe: a pipe nobody reads until the end blocks a row that writes much
+            log = tempfile.TemporaryFile(mode="w+")
+            running[(claim, model, seed)] = (subprocess.Popen(command, stderr=log, text=True), log)
         time.sleep(0.2)
-        for key, process in list(running.items()):
+        for key, (process, log) in list(running.items()):
             if process.poll() is None:
                 continue
             del running[key]
-            error = process.stderr.read()
+            log.seek(0)
+            error = log.read()
+            log.close()
             status = "done" if process.returncode == 0 else f"failed (exit {process.returncode})"
             print(f"# {key[0]} / {key[1]} / seed {key[2]}: {status}", flush=True)
             if process.returncode != 0:
