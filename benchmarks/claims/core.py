@@ -3,11 +3,11 @@ runs most claims share (`preset_run` on `RECALL_TASK`, and `reduced`, their tiny
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import miras_lite as ml
-from miras_lite.config import FitConfig, MirasLMConfig, MQARConfig, RunConfig
+from miras_lite.config import ARMTConfig, FitConfig, MirasLMConfig, MQARConfig, NIAHConfig, RunConfig
 from miras_lite.sweeps.objective import train_trial
 
 MARGIN = 0.02  # recall differences within this are "no difference"
@@ -99,12 +99,41 @@ class Claim:
     score: Callable = mqar_recall
     shrink: Callable = reduced
     metric: str = "recall (mean accuracy over 1, 2, 4, 6, 8 pairs)"
+    chance: float | None = None  # the score of a model that guesses (None: an MQAR guess, 2/V)
 
     def reduced(self):
         """This claim with every run replaced by its tiny version."""
-        from dataclasses import replace
-
         return replace(self, runs={model: self.shrink(run) for model, run in self.runs.items()})
+
+    def chance_level(self):
+        if self.chance is not None:
+            return self.chance
+        return 2 / next(iter(self.runs.values())).task.vocab_size  # values are drawn from [V/2, V)
+
+    def budget(self):
+        """The claim's training budget and settings in words, one phrase per distinct setting."""
+        settings = dict.fromkeys(f"{run.fit.steps} steps of batch {run.fit.batch_size} on {describe_task(run.task)}"
+                                 f" ({describe_model(run.model)})" for run in self.runs.values())
+        return "; ".join(settings)
+
+
+def describe_task(task):
+    if isinstance(task, MQARConfig):
+        pairs = task.num_kv_pairs if isinstance(task.num_kv_pairs, tuple) else (task.num_kv_pairs,)
+        trained = f"{pairs[0]}–{pairs[-1]}" if len(pairs) > 1 else str(pairs[0])
+        text = f"MQAR V={task.vocab_size}, L={task.seq_len}, {trained} pairs"
+        writes = getattr(task, "writes", 1)
+        return text + (f", each key written {writes} times ({task.write_mode})" if writes > 1 else "")
+    if isinstance(task, NIAHConfig):
+        return f"needle in a haystack ({task.haystack}), {task.context_length} tokens"
+    return task.name
+
+
+def describe_model(model):
+    if isinstance(model, ARMTConfig):
+        return f"ARMT, width {model.d_model}, segments of {model.segment_size} tokens"
+    mixer = "attention" if model.mixer == "attention" else "memory"
+    return f"{model.n_layers} layers of {mixer}, width {model.d_model}"
 
 
 def preset_run(preset, spec=None, steps=None, d_model=64, task=RECALL_TASK):
