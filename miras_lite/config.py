@@ -80,7 +80,8 @@ def _plain(value):
 
 @dataclass(frozen=True)
 class MQARConfig(_Config):
-    """Multi-query associative recall (`tasks.MQAR`); ``eval_pairs``: pair counts of the recall curve."""
+    """Multi-query associative recall (`tasks.MQAR`); ``eval_pairs``: pair counts of the recall curve; ``writes``,
+    ``write_mode``: every key written that many times, with new values ("update") or one outlier ("outlier")."""
 
     vocab_size: int = 8192
     seq_len: int = 256
@@ -89,6 +90,8 @@ class MQARConfig(_Config):
     test_examples: int = 1000
     power_a: float = 0.01
     eval_pairs: tuple | None = None
+    writes: int = 1
+    write_mode: str = "update"
     name: str = "mqar"
 
     def __post_init__(self):
@@ -101,7 +104,7 @@ class MQARConfig(_Config):
                 _fail("task", "eval_pairs", self.eval_pairs, "must be None or a non-empty list of pair counts")
             object.__setattr__(self, "eval_pairs", tuple(self.eval_pairs))
         for d in (*pairs, *(self.eval_pairs or ())):
-            _task_error(check_shape, self.vocab_size, self.seq_len, d)
+            _task_error(check_shape, self.vocab_size, self.seq_len, d, self.writes, self.write_mode)
         if not pairs:
             _fail("task", "num_kv_pairs", self.num_kv_pairs, "must be an integer >= 1 or a non-empty list of them")
         _number("task", "train_examples", self.train_examples, len(pairs), integer=True)
@@ -112,7 +115,8 @@ class MQARConfig(_Config):
         from .tasks.mqar import MQAR
 
         return MQAR(self.vocab_size, self.seq_len, self.num_kv_pairs, power_a=self.power_a,
-                    train_examples=self.train_examples, test_examples=self.test_examples, seed=seed)
+                    train_examples=self.train_examples, test_examples=self.test_examples, seed=seed,
+                    writes=self.writes, write_mode=self.write_mode)
 
 
 @dataclass(frozen=True)
@@ -233,7 +237,8 @@ class MirasLMConfig(_Config):
 
 @dataclass(frozen=True)
 class ARMTConfig(_Config):
-    """`ARMT` without its vocabulary; ``memory``: "dpfp" (the paper's), a preset name, or "spec" (the run's spec)."""
+    """`ARMT` without its vocabulary; ``memory``: "dpfp" (the paper's), a preset name, or "spec" (the run's spec);
+    ``dpfp_gamma``: the γ correction of the DPFP memory's normaliser (False: its ablation)."""
 
     d_model: int = 64
     n_layers: int = 2
@@ -242,14 +247,19 @@ class ARMTConfig(_Config):
     num_mem_tokens: int = 8
     memory: str = "dpfp"
     conv_size: int = 0
+    dpfp_gamma: bool = True
     name: str = "armt"
 
     def build(self, vocab_size, spec):
         from .models import ARMT
 
         memory = spec if self.memory == "spec" else self.memory
+        if not self.dpfp_gamma and memory != "dpfp":
+            raise ValueError(f"dpfp_gamma=False switches off the γ correction of the DPFP memory; it needs "
+                             f"memory='dpfp', not {self.memory!r}")
+        dpfp = {"dpfp_gamma": self.dpfp_gamma} if memory == "dpfp" else {}
         return ARMT(vocab_size, self.d_model, self.n_layers, self.num_heads, self.segment_size, self.num_mem_tokens,
-                    memory=memory, conv_size=self.conv_size)
+                    memory=memory, conv_size=self.conv_size, **dpfp)
 
 
 MODEL_CONFIGS = {c.name: c for c in (MirasLMConfig(), ARMTConfig())}

@@ -8,7 +8,7 @@ import sys
 import polars as pl
 import pytest
 
-from benchmarks.claims import Beats, Reaches, all_claims, collect, row_path, verdicts
+from benchmarks.claims import Beats, Reaches, all_claims, collect, row_path, train_row, verdicts
 from browser import ROOT
 
 
@@ -30,12 +30,15 @@ def test_reaches(values, verdict):
     assert Reaches("a", 0.9).judge({"a": values})[0] == verdict
 
 
-def test_every_claim_compares_models_it_trains():
+def test_every_claim_compares_models_it_trains_with_one_budget():
+    """The models an expectation compares train with the same steps, batch, task and curriculum."""
     for claim in all_claims().values():
-        named = {m for e in claim.expect for m in ((e.better, e.worse) if isinstance(e, Beats) else (e.model,))}
-        assert named <= set(claim.runs), claim.name
-        budgets = {(r.fit.steps, r.fit.batch_size, r.task) for r in claim.runs.values()}
-        assert len(budgets) == 1, f"{claim.name}: the models train with different budgets {budgets}"
+        for expectation in claim.expect:
+            assert set(expectation.models) <= set(claim.runs), (claim.name, str(expectation))
+            if isinstance(expectation, Beats) and "width" not in claim.says:
+                runs = [claim.runs[m] for m in expectation.models]
+                budgets = {(r.fit.steps, r.fit.batch_size, r.task, r.curriculum) for r in runs}
+                assert len(budgets) == 1, f"{claim.name}: {expectation} compares different budgets {budgets}"
 
 
 def _claims(folder, *extra):
@@ -68,3 +71,44 @@ def test_the_command_resumes_and_a_failed_row_loses_nothing_else(tmp_path):
 def test_an_unknown_claim_is_refused(tmp_path):
     done = _claims(tmp_path, "--claims", "no_such_claim")
     assert done.returncode != 0 and "--claims: no_such_claim unknown; allowed values: " in done.stderr
+
+
+@pytest.mark.parametrize("claim", list(all_claims()))
+def test_each_claims_tiny_row_trains_and_is_saved(claim, tmp_path):
+    tiny = all_claims(reduced_runs=True)[claim]
+    model = next(iter(tiny.runs))
+    row = train_row(claim, model, 0, tmp_path, reduced_runs=True)
+    assert 0 <= row["recall"] <= 1 and row["config"] == tiny.runs[model].to_dict()
+    assert collect(tmp_path)["model"].to_list() == [model]
+
+
+def _differences(runs):
+    """The fields (spec and model) in which the runs differ from the first."""
+    first, *rest = [(run.spec, run.model.to_dict()) for run in runs]
+    return [{k for part, base in zip(other, first) if isinstance(part, dict)
+             for k in set(part) | set(base) if part.get(k) != base.get(k)} for other in rest]
+
+
+def test_robust_biases_change_the_bias_only():
+    claim = all_claims()["robust_biases"]
+    assert all(diff <= {"bias", "p"} for diff in _differences(claim.runs.values()))
+    specs = [run.memory_spec() for run in claim.runs.values()]
+    biases = {getattr(spec, "spec", spec).bias for spec in specs}  # a preset's spec, or the spec
+    assert biases == {"l2", "huber", "lp", "robust"}
+    task = next(iter(claim.runs.values())).task
+    assert (task.writes, task.write_mode) == (3, "outlier")
+
+
+def test_armt_gamma_switches_gamma_only():
+    claim = all_claims()["armt_gamma"]
+    assert _differences(claim.runs.values()) == [{"dpfp_gamma"}]
+    assert [run.model.dpfp_gamma for run in claim.runs.values()] == [True, False]
+    assert next(iter(claim.runs.values())).task.write_mode == "update"
+
+
+def test_zoology_names_say_width_length_and_pairs():
+    for name, run in all_claims()["zoology_mqar"].runs.items():
+        model, width, length, pairs = name.split(" ")
+        assert (width, length, pairs) == (f"d={run.model.d_model}", f"L={run.task.seq_len}",
+                                          f"D={run.task.num_kv_pairs}")
+        assert (run.model.mixer == "attention") == (model == "attention")

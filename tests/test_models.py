@@ -228,10 +228,12 @@ def test_dpfp_write_and_read_follow_the_paper(normalize):
     torch.testing.assert_close(mem.read(x, state)[0], (q @ A) / (q @ z + mem.eps)[:, None])
 
 
-def test_dpfp_gamma_correction_lets_a_key_be_rewritten():
+@pytest.mark.parametrize("gamma", [True, False])
+def test_dpfp_gamma_correction_lets_a_key_be_rewritten(gamma):
     """Write (x → a), then (x → b) with β ≈ 1: the delta rule replaces a by b, and γ = 0 on the second
-    write keeps z from double counting x, so the read returns b (not b/2)."""
-    mem = DPFPMemory(d_model=8, d_mem=4, num_heads=1)
+    write keeps z from double counting x, so the read returns b. Without the correction (γ = 1 on every write)
+    z holds x twice and the read returns b/2."""
+    mem = DPFPMemory(d_model=8, d_mem=4, num_heads=1, gamma=gamma)
     with torch.no_grad():
         select_key = torch.cat([torch.eye(4), torch.zeros(4, 4)], 1)
         mem.q_proj.weight.copy_(select_key)
@@ -245,7 +247,20 @@ def test_dpfp_gamma_correction_lets_a_key_be_rewritten():
     state = mem.write(torch.cat([x, a])[None, None], state)
     state = mem.write(torch.cat([x, b])[None, None], state)
     out = mem.read(torch.cat([x, torch.zeros(4)])[None, None], state)[0, 0]
-    torch.testing.assert_close(out, torch.cat([torch.zeros(4), b]), atol=1e-3, rtol=1e-3)
+    k = F.normalize(dpfp(x, 3), dim=-1)
+    torch.testing.assert_close(state.z[0, 0], k if gamma else 2 * k)
+    torch.testing.assert_close(out, torch.cat([torch.zeros(4), b if gamma else b / 2]), atol=1e-3, rtol=1e-3)
+
+
+def test_the_gamma_switch_belongs_to_the_dpfp_memory():
+    from miras_lite.config import ARMTConfig, RunConfig
+
+    with pytest.raises(ValueError, match="gamma=1 must be True or False"):
+        DPFPMemory(d_model=8, d_mem=4, gamma=1)
+    with pytest.raises(ValueError, match="model: dpfp_gamma=False .* needs memory='dpfp', not 'gated_deltanet'"):
+        RunConfig(model=ARMTConfig(memory="gated_deltanet", dpfp_gamma=False))
+    model = RunConfig(model=ARMTConfig(dpfp_gamma=False)).build_model(32)
+    assert not any(memory.gamma for memory in model.memories) and model.config["dpfp_gamma"] is False
 
 
 # ---------------------------------------------------------------------------------------- ARMT

@@ -1,9 +1,11 @@
 """Every claim of the benchmark, by name."""
 
-from .miras import moneta_pq
+from .armt import armt_gamma
+from .miras import moneta_pq, robust_biases
 from .titans import titans_ablation
+from .zoology import zoology_mqar
 
-CLAIMS = (titans_ablation, moneta_pq)
+CLAIMS = (titans_ablation, moneta_pq, robust_biases, armt_gamma, zoology_mqar)
 
 
 def all_claims(reduced_runs=False):

@@ -78,10 +78,20 @@ def mqar_recall(run):
     return train_trial(run)
 
 
+def tiny_task(task):
+    """The suite's MQAR (V=16, L=16, 2 pairs), its keys written as often as in `task`."""
+    return TINY_TASK.replace(seq_len=max(TINY_TASK.seq_len, 4 * task.writes + 4), writes=task.writes,
+                             write_mode=task.write_mode)
+
+
+def tiny_fit(fit):
+    return fit.replace(steps=4, batch_size=4, warmup=1)
+
+
 def reduced(run):
-    """A tiny version of an MQAR run (V=16, L=16, d_model 8, 4 steps): the suite's smoke test of the command."""
-    return run.replace(task=TINY_TASK, model=run.model.replace(d_model=8, chunk_size=4),
-                       fit=run.fit.replace(steps=4, batch_size=4, warmup=1))
+    """A tiny version of an MQAR run (`tiny_task`, d_model 8, 4 steps): the suite's smoke test of the command."""
+    return run.replace(task=tiny_task(run.task), model=run.model.replace(d_model=8, chunk_size=4),
+                       fit=tiny_fit(run.fit))
 
 
 @dataclass(frozen=True)
@@ -111,10 +121,13 @@ class Claim:
         return 2 / next(iter(self.runs.values())).task.vocab_size  # values are drawn from [V/2, V)
 
     def budget(self):
-        """The claim's training budget and settings in words, one phrase per distinct setting."""
-        settings = dict.fromkeys(f"{run.fit.steps} steps of batch {run.fit.batch_size} on {describe_task(run.task)}"
-                                 f" ({describe_model(run.model)})" for run in self.runs.values())
-        return "; ".join(settings)
+        """The claim's training budget, tasks and models in words (each distinct setting once)."""
+        runs = self.runs.values()
+        fits = dict.fromkeys(f"{run.fit.steps} steps of batch {run.fit.batch_size}" for run in runs)
+        tasks = dict.fromkeys(describe_task(run.task) + (f" (after {run.curriculum[-1][0]} steps on an easier "
+                                                         "version)" if run.curriculum else "") for run in runs)
+        models = dict.fromkeys(describe_model(run.model) for run in runs)
+        return "; ".join(" or ".join(parts) for parts in (fits, tasks, models))
 
 
 def describe_task(task):

@@ -54,6 +54,8 @@ class ARMT(TokenLM):
         dpfp_nu:        "dpfp" only: the DPFP order ν (3).
         dpfp_normalize: "dpfp" only: L2-normalise the DPFP features (True, the reference code's `experimental`
                         branch) or not (False, its default branch); see `DPFPMemory`.
+        dpfp_gamma:     "dpfp" only: the γ correction of the normaliser z (True, the paper's) or γ = 1 on every
+                        write (False, its ablation); see `DPFPMemory`.
         ffn_hidden, tie_weights: as `MirasLM`.
         conv_size:      K > 0 puts a depthwise causal convolution over K tokens in front of every attention
                         (`ShortConvMixer`; not in the paper, whose blocks are GPT-2's): a small model trained
@@ -71,7 +73,7 @@ class ARMT(TokenLM):
                  segment_size: int = 64, num_mem_tokens: int = 8, memory="dpfp", max_segments: int | None = None,
                  mem_heads: int | None = None, d_mem: int | None = None, dpfp_nu: int = 3,
                  ffn_hidden: int | None = None, tie_weights: bool = True, conv_size: int = 0,
-                 dpfp_normalize: bool = True):
+                 dpfp_normalize: bool = True, dpfp_gamma: bool = True):
         super().__init__(vocab_size, d_model, tie_weights)
         for name, value in (("n_layers", n_layers), ("num_heads", num_heads), ("segment_size", segment_size),
                             ("num_mem_tokens", num_mem_tokens), ("dpfp_nu", dpfp_nu)):
@@ -79,8 +81,9 @@ class ARMT(TokenLM):
         if max_segments is not None:
             check_int("max_segments", max_segments)
         check_int("conv_size", conv_size, minimum=0)
-        if not isinstance(dpfp_normalize, bool):
-            raise ValueError(f"dpfp_normalize={dpfp_normalize!r} must be True or False")
+        for name, value in (("dpfp_normalize", dpfp_normalize), ("dpfp_gamma", dpfp_gamma)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be True or False")
         ffn_hidden = default_ffn_hidden(d_model) if ffn_hidden is None else ffn_hidden
         check_int("ffn_hidden", ffn_hidden)
         if memory == "dpfp":
@@ -88,7 +91,8 @@ class ARMT(TokenLM):
             d_mem = d_model if d_mem is None else d_mem
             check_int("mem_heads", mem_heads)
             check_int("d_mem", d_mem)
-            make_memory = lambda: DPFPMemory(d_model, d_mem, mem_heads, dpfp_nu, normalize=dpfp_normalize)  # noqa: E731
+            make_memory = lambda: DPFPMemory(d_model, d_mem, mem_heads, dpfp_nu, normalize=dpfp_normalize,  # noqa: E731
+                                             gamma=dpfp_gamma)
             memory_config = "dpfp"
         else:
             if isinstance(memory, str) and memory != "dpfp":
@@ -115,7 +119,7 @@ class ARMT(TokenLM):
                            segment_size=segment_size, num_mem_tokens=num_mem_tokens, memory=memory_config,
                            max_segments=max_segments, mem_heads=mem_heads, d_mem=d_mem, dpfp_nu=dpfp_nu,
                            ffn_hidden=ffn_hidden, tie_weights=tie_weights, conv_size=conv_size,
-                           dpfp_normalize=dpfp_normalize)
+                           dpfp_normalize=dpfp_normalize, dpfp_gamma=dpfp_gamma)
 
     # ---------------------------------------------------------------------------------- pieces
 

@@ -67,21 +67,25 @@ class DPFPMemory(nn.Module):
         eps:       added to the denominators z·φ̂.
         normalize: L2-normalise the DPFP features (the reference code's `experimental` branch; False: its
                    default branch).
+        gamma:     the γ correction of the normaliser (the paper's); False: γ_i = 1 on every write, z_s = z_{s−1}
+                   + Σ_i k_i, so a key written again counts twice in z and its reads shrink (the ablation of the
+                   paper's motivation: rewriting the same keys).
 
     ``read(x [B, N, d_model], state) -> [B, N, d_model]``; ``write(m [B, M, d_model], state) -> state``;
     ``initial_state(B)`` is the zero memory.
     """
 
     def __init__(self, d_model: int, d_mem: int, num_heads: int = 1, nu: int = 3, eps: float = 1e-5,
-                 normalize: bool = True):
+                 normalize: bool = True, gamma: bool = True):
         super().__init__()
         for name, value in (("d_model", d_model), ("d_mem", d_mem)):
             if value % num_heads:
                 raise ValueError(f"mem_heads={num_heads} must divide {name}={value}")
-        if not isinstance(normalize, bool):
-            raise ValueError(f"normalize={normalize!r} must be True or False")
+        for name, value in (("normalize", normalize), ("gamma", gamma)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r} must be True or False")
         self.d_model, self.d_mem, self.num_heads, self.nu, self.eps = d_model, d_mem, num_heads, nu, eps
-        self.normalize = normalize
+        self.normalize, self.gamma = normalize, gamma
         self.feature_dim = 2 * nu * d_mem // num_heads
         self.q_proj = nn.Linear(d_model, d_mem, bias=False)
         self.k_proj = nn.Linear(d_model, d_mem, bias=False)
@@ -91,7 +95,7 @@ class DPFPMemory(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_mem={self.d_mem}, heads={self.num_heads}, nu={self.nu}, "
-                f"normalize={self.normalize}")
+                f"normalize={self.normalize}, gamma={self.gamma}")
 
     def initial_state(self, batch_size: int, device=None, dtype=torch.float32) -> DPFPState:
         H = self.num_heads
@@ -125,9 +129,11 @@ class DPFPMemory(nn.Module):
         v = self._heads(self.v_proj(m))                                # [B, H, M, Dv]
         beta = torch.sigmoid(self.beta_proj(m)).transpose(1, 2).unsqueeze(-1)  # [B, H, M, 1]
         v_bar, zk = self._lookup(k, state)
+        A = state.A + (beta * k).transpose(-1, -2) @ (v - v_bar)
+        if not self.gamma:
+            return DPFPState(A, state.z + k.sum(-2))
         gamma = (1.0 - (zk + self.eps) / k.pow(2).sum(-1, keepdim=True).clamp_min(self.eps)).clamp(0.0, 1.0)
         first_write = (state.z == 0).all(-1)[..., None, None]  # [B, H, 1, 1]
         gamma = torch.where(first_write, 1.0, gamma).detach()
-        A = state.A + (beta * k).transpose(-1, -2) @ (v - v_bar)
         z = state.z + (gamma * k).sum(-2)
         return DPFPState(A, z)

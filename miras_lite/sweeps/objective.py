@@ -53,7 +53,7 @@ def train_trial(run, out_dir=None):
     task = run.task
     trained = task.num_kv_pairs if isinstance(task.num_kv_pairs, tuple) else (task.num_kv_pairs,)
     probe = MQAR(task.vocab_size, task.seq_len, task.eval_pairs or trained, train_examples=None,
-                 test_examples=task.test_examples, seed=run.seed)
+                 test_examples=task.test_examples, seed=run.seed, writes=task.writes, write_mode=task.write_mode)
     scores = probe.evaluate(model)
     curve = [{"num_kv_pairs": d, "accuracy": scores[f"accuracy@{d}"]} for d in probe.pairs]
     return {"recall": sum(point["accuracy"] for point in curve) / len(curve), "accuracy_by_pairs": curve,

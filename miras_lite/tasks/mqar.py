@@ -15,6 +15,16 @@ One example of length L with D key-value pairs over a vocabulary of V tokens:
   (the loss is taken there), −100 elsewhere;
 * every other position holds a uniformly random token of [0, V) if `random_non_queries`, else 0.
 
+Keys written several times (`writes` = W > 1; W = 1 is the format above, sample for sample): the context
+lists the D pairs W times, in rounds of 2D tokens, the first round in key order and every later one in a
+fresh random order, so it takes 2DW tokens (L >= 2DW + 2D). What the writes carry (`write_mode`):
+
+* "update": every write of a key carries a new value (the DW values are distinct) and the answer is the
+  value written last: rewriting the same keys, ARMT's motivation for its γ correction (arXiv 2407.04841);
+* "outlier" (W >= 3): every write carries the key's value except one, at a random round, that carries another
+  value drawn uniformly (an outlier); the answer is the key's value, the majority: what a robust attentional
+  bias should keep (Miras, arXiv 2504.13173).
+
 Sampling without replacement with weights p is the Gumbel-top-k trick: the D largest of
 log p(g) + Gumbel noise, in decreasing order, are distributed exactly as D successive draws without
 replacement (Plackett-Luce), and it is one vectorised `topk`.
@@ -42,17 +52,36 @@ __all__ = ["IGNORE", "MQAR", "mqar", "gap_distribution", "accuracy_by_pairs", "a
 # ----------------------------------------------------------------------------------------- checks
 
 
-def check_shape(vocab_size, seq_len, num_kv_pairs):
-    """ValueError naming the argument unless an MQAR example of this shape exists: D pairs take 2D tokens and
-    their D queries need room after them, so L >= 4D; keys come from [1, V/2), so D < V/2."""
+WRITE_MODES = ("update", "outlier")
+
+
+def check_shape(vocab_size, seq_len, num_kv_pairs, writes=1, write_mode="update"):
+    """ValueError naming the argument unless an MQAR example of this shape exists: D pairs written W times take
+    2DW tokens and their D queries need room after them, so L >= 2DW + 2D; keys come from [1, V/2), so D < V/2;
+    "update" writes draw DW distinct values from [V/2, V)."""
     check_int("vocab_size", vocab_size, 4)
     check_int("num_kv_pairs", num_kv_pairs, 1)
-    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 4 * num_kv_pairs:
-        raise ValueError(f"seq_len={seq_len!r} must be an integer >= 4 × num_kv_pairs = {4 * num_kv_pairs} (the "
+    check_int("writes", writes, 1)
+    if write_mode not in WRITE_MODES:
+        raise ValueError(f"write_mode={write_mode!r} is not known; allowed values: {', '.join(WRITE_MODES)}")
+    if write_mode == "outlier" and writes == 2:
+        raise ValueError("writes=2 with write_mode='outlier' leaves no majority (one write of the key's value, one "
+                         "outlier); use writes=1 (no outlier) or writes >= 3")
+    need = 2 * num_kv_pairs * writes + 2 * num_kv_pairs
+    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < need:
+        written = f"{num_kv_pairs} pairs" + (f" written {writes} times" if writes > 1 else "")
+        raise ValueError(f"seq_len={seq_len!r} must be an integer >= {need} = 2 × num_kv_pairs × writes + 2 × "
+                         f"num_kv_pairs (the {written} take {need - 2 * num_kv_pairs} tokens and their queries "
+                         "need room after them)" if writes > 1 else
+                         f"seq_len={seq_len!r} must be an integer >= 4 × num_kv_pairs = {need} (the "
                          f"{num_kv_pairs} pairs take {2 * num_kv_pairs} tokens and their queries need room after them)")
     if num_kv_pairs > vocab_size // 2 - 1:
         raise ValueError(f"num_kv_pairs={num_kv_pairs} needs that many distinct keys in [1, vocab_size/2) = "
                          f"[1, {vocab_size // 2}); use num_kv_pairs <= {vocab_size // 2 - 1} or a larger vocab_size")
+    if write_mode == "update" and num_kv_pairs * writes > vocab_size - vocab_size // 2:
+        raise ValueError(f"writes={writes}: {num_kv_pairs} pairs written {writes} times need "
+                         f"{num_kv_pairs * writes} distinct values in [vocab_size/2, vocab_size), which holds "
+                         f"{vocab_size - vocab_size // 2}; use fewer writes or pairs, or a larger vocab_size")
 
 
 # ---------------------------------------------------------------------------------------- sampling
@@ -89,13 +118,39 @@ def _distinct(n, low, high, k, gen):
         out[bad] = torch.randint(low, high, (bad.numel(), k), generator=gen)
 
 
-def mqar(vocab_size, seq_len, num_kv_pairs, num_examples, power_a=0.01, random_non_queries=True, seed=0):
-    """MQAR examples in the Zoology format (see the module docstring).
+def _written_values(n, d, writes, write_mode, vocab_size, gen):
+    """[n, writes, d]: the value each round writes for each key, and [n, d]: the answer of each key."""
+    half = vocab_size // 2
+    if write_mode == "update":
+        written = _distinct(n, half, vocab_size, d * writes, gen).view(n, writes, d)
+        return written, written[:, -1]
+    values = _distinct(n, half, vocab_size, d, gen)
+    outlier_round = torch.randint(0, writes, (n, 1, d), generator=gen)
+    shift = torch.randint(1, vocab_size - half, (n, d), generator=gen)  # uniform over the other values
+    other = half + (values - half + shift) % (vocab_size - half)
+    rounds = torch.arange(writes).view(1, writes, 1)
+    return torch.where(rounds == outlier_round, other[:, None], values[:, None]), values
+
+
+def _written_context(keys, written, gen):
+    """The context tokens [n, 2·d·writes]: round r lists the pairs (key, value it writes in round r), round 0
+    in key order, later rounds in a random order."""
+    n, writes, d = written.shape
+    order = torch.cat([torch.arange(d).expand(n, 1, d),
+                       torch.rand(n, writes - 1, d, generator=gen).argsort(dim=-1)], dim=1)
+    context = torch.stack([keys[:, None].expand(n, writes, d).gather(2, order), written.gather(2, order)], dim=-1)
+    return context.reshape(n, 2 * d * writes)
+
+
+def mqar(vocab_size, seq_len, num_kv_pairs, num_examples, power_a=0.01, random_non_queries=True, seed=0, writes=1,
+         write_mode="update"):
+    """MQAR examples in the Zoology format (see the module docstring), each key written `writes` times
+    (`write_mode` "update" or "outlier").
 
     Returns (inputs, labels), LongTensors [num_examples, seq_len]; labels are −100 except at the D query
-    positions, where they hold the value paired with the queried key. Deterministic in `seed`.
+    positions, where they hold the answer of the queried key. Deterministic in `seed`.
     """
-    check_shape(vocab_size, seq_len, num_kv_pairs)
+    check_shape(vocab_size, seq_len, num_kv_pairs, writes, write_mode)
     check_int("num_examples", num_examples, 0)
     check_seed(seed, limit=2**63)  # MQAR derives its seeds from its own (< 2³¹)
     if not isinstance(random_non_queries, bool):
@@ -104,13 +159,19 @@ def mqar(vocab_size, seq_len, num_kv_pairs, num_examples, power_a=0.01, random_n
     N, L, D, V = num_examples, seq_len, num_kv_pairs, vocab_size
     gen = torch.Generator().manual_seed(int(seed))
     keys = _distinct(N, 1, V // 2, D, gen)
-    values = _distinct(N, V // 2, V, D, gen)
-    ctx = 2 * D
+    if writes == 1:
+        values = _distinct(N, V // 2, V, D, gen)
+    else:
+        written, values = _written_values(N, D, writes, write_mode, V, gen)
+    ctx = 2 * D * writes
     slots = (L - ctx) // 2
     gaps = _gumbel_topk(gap_distribution(slots, power_a).log(), N, D, gen) if N else keys.new_zeros(0, D)
     where = ctx + 2 * gaps  # [N, D] the query position of key i
     inputs = torch.zeros(N, L, dtype=torch.long)
-    inputs[:, 0:ctx:2], inputs[:, 1:ctx:2] = keys, values
+    if writes == 1:
+        inputs[:, 0:ctx:2], inputs[:, 1:ctx:2] = keys, values
+    else:
+        inputs[:, :ctx] = _written_context(keys, written, gen)
     inputs.scatter_(1, where, keys)
     labels = torch.full((N, L), IGNORE, dtype=torch.long).scatter_(1, where, values)
     if random_non_queries:
@@ -136,6 +197,7 @@ class _Split:
 
 class MQAR:
     """An MQAR training task: a fixed training set, cycled batch by batch, and a held-out test set.
+    writes, write_mode: each key written that many times (see the module docstring).
 
     num_kv_pairs: an int, or a sequence of ints (a mixture: the training set holds train_examples
     examples split evenly over the pair counts, shuffled; the test set holds test_examples per count).
@@ -144,7 +206,7 @@ class MQAR:
     """
 
     def __init__(self, vocab_size=8192, seq_len=256, num_kv_pairs=16, power_a=0.01, random_non_queries=True,
-                 train_examples=100_000, test_examples=1_000, seed=0):
+                 train_examples=100_000, test_examples=1_000, seed=0, writes=1, write_mode="update"):
         if isinstance(num_kv_pairs, (tuple, list)):
             self.pairs = tuple(num_kv_pairs)
         elif isinstance(num_kv_pairs, int) and not isinstance(num_kv_pairs, bool):
@@ -158,18 +220,20 @@ class MQAR:
             raise ValueError(f"random_non_queries={random_non_queries!r} must be True or False")
         gap_distribution(1, power_a)  # checks power_a
         for d in self.pairs:
-            check_shape(vocab_size, seq_len, d)
+            check_shape(vocab_size, seq_len, d, writes, write_mode)
         if train_examples is not None:
             check_int("train_examples", train_examples, len(self.pairs))
         check_int("test_examples", test_examples, 1)
         self.vocab_size, self.seq_len, self.power_a = vocab_size, seq_len, power_a
         self.random_non_queries, self.seed = random_non_queries, seed
+        self.writes, self.write_mode = writes, write_mode
         self.train_examples, self.test_examples = train_examples, test_examples
         self._train = None if train_examples is None else self._mixture(train_examples, split=0, shuffle=True)
         self._test = None
 
     def _generate(self, d, n, seed):
-        return mqar(self.vocab_size, self.seq_len, d, n, self.power_a, self.random_non_queries, seed)
+        return mqar(self.vocab_size, self.seq_len, d, n, self.power_a, self.random_non_queries, seed, self.writes,
+                    self.write_mode)
 
     def _mixture(self, total, split, shuffle):
         parts = [self._generate(d, total // len(self.pairs) + (j < total % len(self.pairs)),
@@ -254,7 +318,7 @@ def _query_table(logits_or_predictions, inputs, labels):
     mask = labels != IGNORE
     rows, pos = mask.nonzero(as_tuple=True)
     keys = inputs[rows, pos]
-    first = (inputs[rows] == keys[:, None]).int().argmax(dim=1)  # the key's place in the context
+    first = (inputs[rows] == keys[:, None]).int().argmax(dim=1)  # the key's (first) place in the context
     return rows, pos, pos - first, pred == labels[mask]
 
 
