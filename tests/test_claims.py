@@ -112,3 +112,31 @@ def test_zoology_names_say_width_length_and_pairs():
         assert (width, length, pairs) == (f"d={run.model.d_model}", f"L={run.task.seq_len}",
                                           f"D={run.task.num_kv_pairs}")
         assert (run.model.mixer == "attention") == (model == "attention")
+
+
+def test_needle_recall_is_the_mean_over_lengths_and_depths(monkeypatch):
+    """The needle claim's score reads the trained model at READ_AT × the training length, every depth."""
+    from benchmarks.claims import niah
+
+    run = all_claims(reduced_runs=True)["miras_niah"].runs["gated_deltanet"]
+    read = []
+    real = niah.niah_accuracy
+
+    def spy(model, task, context_lengths, batch_size):
+        frame = real(model, task, context_lengths=context_lengths, batch_size=batch_size)
+        read.append(frame)
+        return frame
+
+    monkeypatch.setattr(niah, "niah_accuracy", spy)
+    result = niah.needle_recall(run)
+    (frame,) = read
+    assert frame["context_length"].unique().sort().to_list() == [f * run.task.context_length for f in niah.READ_AT]
+    assert frame.height == len(niah.READ_AT) * 5
+    assert result["recall"] == pytest.approx(frame["accuracy"].mean())
+    assert [p["context_length"] for p in result["accuracy_by_length"]] == [f * 48 for f in niah.READ_AT]
+    assert result["recall"] == pytest.approx(sum(p["accuracy"] for p in result["accuracy_by_length"]) / 3)
+
+
+def test_the_papers_figures_belong_to_models_the_claim_trains():
+    for claim in all_claims().values():
+        assert set(claim.paper) <= set(claim.runs) and all(0 <= v <= 1 for v in claim.paper.values()), claim.name

@@ -2,10 +2,11 @@
 
 from .armt import armt_gamma
 from .miras import moneta_pq, robust_biases
+from .niah import miras_niah
 from .titans import titans_ablation
 from .zoology import zoology_mqar
 
-CLAIMS = (titans_ablation, moneta_pq, robust_biases, armt_gamma, zoology_mqar)
+CLAIMS = (titans_ablation, moneta_pq, robust_biases, miras_niah, armt_gamma, zoology_mqar)
 
 
 def all_claims(reduced_runs=False):
