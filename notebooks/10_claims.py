@@ -112,6 +112,19 @@ def claim_chart(claim, rows):
 
 
 @app.function
+def length_chart(claim, rows):
+    """Accuracy by context length, per model: the mean over seeds (the needle claim reads several lengths)."""
+    curve = (rows.select("model", "seed", "accuracy_by_length").explode("accuracy_by_length").unnest("accuracy_by_length")
+             .group_by("model", "context_length").agg(pl.col("accuracy").mean()))
+    return alt.Chart(curve).mark_line(point=True).encode(
+        x=alt.X("context_length:Q", scale=alt.Scale(type="log", base=2), title="context length (tokens)"),
+        y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="needle accuracy (mean over seeds)"),
+        color=alt.Color("model:N", sort=list(claim.runs)),
+        tooltip=["model:N", "context_length:Q", alt.Tooltip("accuracy:Q", format=".3f")],
+    ).properties(width=520, height=220)
+
+
+@app.function
 def paper_table(claim, rows):
     """The paper's figure beside our mean and spread, for the models the paper gives a figure for."""
     ours = summary(rows).filter(pl.col("model").is_in(list(claim.paper)))
@@ -133,6 +146,8 @@ def claim_section(claim, results):
     return mo.vstack([
         mo.md(f"### {claim.source}\n\n**The paper:** {claim.says}\n\n**Here:** {claim.budget()}; seeds {seeds}."),
         claim_chart(claim, rows),
+        *([length_chart(claim, rows)] if "accuracy_by_length" in rows.columns
+          and rows["accuracy_by_length"].is_not_null().any() else []),
         *([paper_table(claim, rows)] if claim.paper else []),
         mo.md("\n".join(f"- **{r['expects']}: {r['verdict']}.** {r['why']}" for r in judged.iter_rows(named=True))),
         *([mo.md(f"**Why:** {DISCUSSION[claim.name]}")] if claim.name in DISCUSSION else []),
