@@ -54,10 +54,13 @@ def _():
 
     Every model compared in a claim trains with **the same budget** (steps, batch, task) and **the same
     three seeds**. Its score is a **recall**: the share of held-out questions it answers right (each chart
-    says what it averages over). A verdict compares two models seed by seed:
+    says what it averages over). A verdict compares two models seed by seed, or one model with a level the
+    paper reports:
 
-    - **reproduced**: on every seed the difference goes the paper's way by more than {MARGIN};
-    - **not reproduced**: on every seed it goes the other way by more than {MARGIN};
+    - **reproduced**: on every seed the difference goes the paper's way by more than {MARGIN} (or the
+      model reaches the level);
+    - **not reproduced**: on every seed it goes the other way by more than {MARGIN} (or stays below the
+      level);
     - **inconclusive**: the seeds disagree, or the difference is within {MARGIN}.
 
     **What you will learn:** how to turn a paper's sentence into a controlled comparison, why one seed is

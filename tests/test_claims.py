@@ -24,10 +24,13 @@ def test_beats_pairs_the_seeds(better, worse, verdict):
     assert why.startswith("a − b per seed: ") and why.count(",") == 2
 
 
-@pytest.mark.parametrize("values,verdict", [({0: 1.0, 1: 0.995}, "reproduced"), ({0: 0.5, 1: 0.6}, "not reproduced"),
-                                            ({0: 1.0, 1: 0.5}, "inconclusive"), ({}, "inconclusive")])
-def test_reaches(values, verdict):
-    assert Reaches("a", 0.9).judge({"a": values})[0] == verdict
+@pytest.mark.parametrize("level,values,verdict", [
+    (0.9, {0: 1.0, 1: 0.995}, "reproduced"), (0.9, {0: 0.5, 1: 0.6}, "not reproduced"),
+    (0.9, {0: 1.0, 1: 0.5}, "inconclusive"), (0.9, {}, "inconclusive"),
+    (0.99, {0: 0.993, 1: 1.0, 2: 0.99}, "reproduced"),  # a level is the paper's threshold: no margin above it
+    (0.99, {0: 0.989, 1: 0.95}, "not reproduced")])
+def test_reaches(level, values, verdict):
+    assert Reaches("a", level).judge({"a": values})[0] == verdict
 
 
 def test_every_claim_compares_models_it_trains_with_one_budget():

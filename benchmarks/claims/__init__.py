@@ -11,9 +11,9 @@ level). The score of a row is its recall, the claim's `score` of the trained mod
 accuracy over numbers of key-value pairs (as in the sweeps, `sweeps.objective.train_trial`). The verdict, per
 expectation:
 
-    reproduced      every seed agrees with the paper, by more than `MARGIN`
-    not reproduced  every seed disagrees with it, by more than `MARGIN`
-    inconclusive    the seeds disagree, or the difference is within `MARGIN`
+    reproduced      every seed agrees with the paper: by more than `MARGIN` (Beats), or at the level (Reaches)
+    not reproduced  every seed disagrees with it: by more than `MARGIN`, or below the level
+    inconclusive    the seeds disagree, or a difference is within `MARGIN`
 
 Each row (claim, model, seed) trains in a process of its own, on one thread, and writes its result file when
 it ends (DIR/rows/CLAIM/MODEL/seed-N.json, written then renamed): a crash loses that row only, and a rerun

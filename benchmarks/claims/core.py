@@ -44,9 +44,17 @@ class Reaches:
     level: float
 
     def judge(self, recall):
+        """(verdict, why): reproduced when every seed reaches the level, not reproduced when none does (a level
+        is the paper's own threshold, so no margin applies), inconclusive otherwise."""
         values = [recall[self.model][s] for s in sorted(recall[self.model])]
-        shown = ", ".join(f"{v:.3f}" for v in values)
-        return _verdict([v - self.level for v in values], f"{self.model} per seed: {shown} (level {self.level})")
+        why = f"{self.model} per seed: {', '.join(f'{v:.3f}' for v in values)} (level {self.level})"
+        if not values:
+            return "inconclusive", "no seed measured"
+        if all(v >= self.level for v in values):
+            return "reproduced", why
+        if all(v < self.level for v in values):
+            return "not reproduced", why
+        return "inconclusive", why
 
     @property
     def models(self):
