@@ -37,6 +37,36 @@ with app.setup(hide_code=True):
             "reliable, not better on every seed. p = 4 does not learn within the budget (0.13): the gradient of "
             "|e|^p / p is |e|^(p−1), tiny for small errors, so the memory's updates stall. The paper's p = 3 is a "
             "tuned choice, not \"the larger the better\"."),
+        "robust_biases": (
+            "one outlier among three writes drags the ℓ2 memory from 0.96 (the control, every key written once) "
+            "to 0.27. The gradient of ½‖e‖² grows with the error, so the outlier, the largest error, moves the "
+            "memory most, and the delta rule keeps what it wrote last. Huber and ℓ1 (p = 1) cap the step any one "
+            "error can take, and both beat ℓ2 on every seed. The robust loss wins on two seeds and ties on the "
+            "third, where neither learns. Near this budget every model depends on the seed (Huber: 0.32 to 0.98), "
+            "which is why three seeds are the least a verdict needs."),
+        "armt_gamma": (
+            "both versions answer for a single key (0.4 to 0.9) but stay near 0.15–0.3 with 2 to 4 keys. That is "
+            "about what picking one of the key's 4 written values at random gives (0.25): this small ARMT has "
+            "learned where a key's values are, not which was written last, so there is little for γ to correct "
+            "yet, and the seeds disagree on the sign. What γ does is checked exactly in the tests: without it a "
+            "key written twice counts twice in z, and its read is halved."),
+        "miras_niah": (
+            "in 600 steps most models do not learn the passkey even at the 128 tokens they train on: yaad, memora "
+            "and titans end every seed near a guess (loss about 2.0–2.3; ln 10 ≈ 2.3 guesses a digit). Among the "
+            "runs that learn, the difference is how far they read. Moneta learns on two seeds and reads every "
+            "passkey at 1K tokens on both, 0.8 and 0.3 of them at 4K. gated_deltanet learns on one seed (loss "
+            "0.004) but reads 0.05 at 1K. Attention learns on one seed and reads 0.88 at 1K, 0.55 at 2K and none "
+            "at 4K, past the positions it trained on. So Moneta above Gated DeltaNet shows on two seeds of three; "
+            "for Yaad and Memora this budget is too small to judge."),
+        "zoology_mqar": (
+            "attention reaches 0.99 in every cell on every seed, as Zoology found. The gap Zoology saw for "
+            "efficient models does not show for gated_deltanet at width 64: its delta rule recalls 16 pairs at "
+            "0.994–0.998, within 0.01 of attention. Zoology's efficient models (H3, Hyena, RWKV, ...) had no delta "
+            "rule, and Gated DeltaNet was designed for this kind of recall. Wider is not better here: at width 128 "
+            "gated_deltanet never leaves the guessing loss on one seed per cell, because the learning rate tuned "
+            "at width 64 is too large for it; Zoology sweeps the learning rate for every model and width, which "
+            "two cores cannot afford. Moneta does not learn the small cell in 800 steps (0.05): with 8192 tokens "
+            "to tell apart, its MLP memory needs several times that budget."),
     }
 
 

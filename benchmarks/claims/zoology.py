@@ -46,7 +46,7 @@ def zoology_mqar():
     runs = {name(m, d, L, D): zoology_run(m, d, L, D) for d in WIDTHS for L, D in CELLS
             for m in ("attention", "gated_deltanet")}
     small, (L, D) = WIDTHS[0], CELLS[0]
-    runs.update({name(m, small, L, D): zoology_run(m, small, L, D) for m in ("moneta", "titans")})
+    runs[name("moneta", small, L, D)] = zoology_run("moneta", small, L, D)
     hard = (WIDTHS[0], *CELLS[-1])
     return Claim(
         name="zoology_mqar", source="Zoology (arXiv 2312.04927), MQAR across widths and pairs",
