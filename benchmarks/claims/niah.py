@@ -4,6 +4,7 @@ gated_deltanet, Titans and attention. At toy scale: trained on short haystacks, 
 import time
 
 import polars as pl
+import torch
 
 from miras_lite.config import FitConfig, MirasLMConfig, NIAHConfig, RunConfig
 from miras_lite.presets import recommended
@@ -31,15 +32,26 @@ def needle_run(model):
                      fit=FitConfig(steps=STEPS, batch_size=16, lr=settings.lr, warmup=50), threads=1)
 
 
+def read_needles(run, model):
+    """`niah_accuracy` of `model` at READ_AT × the training length of `run`, on the run's threads: `run.train()`
+    gives the process its default back, and a second thread on a busy machine made reading ~100× slower."""
+    task = run.task.build(run.seed)
+    lengths = [factor * run.task.context_length for factor in READ_AT]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(run.threads or threads)
+    try:
+        return niah_accuracy(model, task, context_lengths=lengths, batch_size=8)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def needle_recall(run):
     """Train `run`, then read needles at READ_AT × its training length, 5 depths each: recall is the mean
     exact-match accuracy over lengths and depths."""
     start = time.perf_counter()
     model, metrics = run.train()
     train_s = time.perf_counter() - start
-    task = run.task.build(run.seed)
-    lengths = [factor * run.task.context_length for factor in READ_AT]
-    frame = niah_accuracy(model, task, context_lengths=lengths, batch_size=8)
+    frame = read_needles(run, model)
     by_length = frame.group_by("context_length", maintain_order=True).agg(pl.col("accuracy").mean())
     return {"recall": float(frame["accuracy"].mean()),
             "accuracy_by_length": [{"context_length": n, "accuracy": a} for n, a in by_length.iter_rows()],
