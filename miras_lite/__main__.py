@@ -84,14 +84,18 @@ def _chunk_size(text):
 
 
 def parse_curriculum(text):
-    """``"0:128,300:256"`` -> ((0, {"context_length": 128}), (300, {"context_length": 256}))."""
+    """``"0:128,300:256,900:4096:16"`` -> ((0, {"context_length": 128}), (300, {"context_length": 256}),
+    (900, {"context_length": 4096, "batch_size": 16})): STEP:CONTEXT_LENGTH, or STEP:CONTEXT_LENGTH:BATCH_SIZE."""
     stages = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         try:
-            start, length = (int(x) for x in item.split(":"))
+            start, length, *batch_size = (int(x) for x in item.split(":"))
+            if len(batch_size) > 1:
+                raise ValueError
         except ValueError:
-            raise ValueError(f"--curriculum: {item!r} must be STEP:CONTEXT_LENGTH (integers), e.g. 0:128,300:256") from None
-        stages.append((start, {"context_length": length}))
+            raise ValueError(f"--curriculum: {item!r} must be STEP:CONTEXT_LENGTH or STEP:CONTEXT_LENGTH:BATCH_SIZE "
+                             "(integers), e.g. 0:128,300:256,900:4096:16") from None
+        stages.append((start, {"context_length": length, **({"batch_size": batch_size[0]} if batch_size else {})}))
     return tuple(stages)
 
 
@@ -109,7 +113,8 @@ MODEL_OPTIONS = {
     "miras_lm": {"d_model": "d_model", "layers": "n_layers", "heads": "num_heads", "mixer": "mixer",
                  "chunk_size": "chunk_size", "eta_max": "eta_max", "conv_size": "conv_size"},
     "armt": {"d_model": "d_model", "layers": "n_layers", "heads": "num_heads", "segment_size": "segment_size",
-             "mem_tokens": "num_mem_tokens", "memory": "memory", "conv_size": "conv_size"},
+             "mem_tokens": "num_mem_tokens", "memory": "memory", "conv_size": "conv_size",
+             "bptt_segments": "bptt_segments", "write_l1": "write_l1"},
 }
 FIT_OPTIONS = ("steps", "batch_size", "lr", "weight_decay", "warmup", "clip", "eval_every", "max_time", "target")
 
@@ -353,6 +358,11 @@ def build_parser():
                    "--spec / --preset memory)")
     g.add_argument("--segment-size", type=int, help=f"ARMT segment size (default {armt.segment_size})")
     g.add_argument("--mem-tokens", type=int, help=f"ARMT memory tokens per segment (default {armt.num_mem_tokens})")
+    g.add_argument("--bptt-segments", type=int, help="ARMT: backpropagate through the last K segments of a training "
+                   "input only; the earlier ones carry their memory forward without gradients (default: all)")
+    g.add_argument("--write-l1", type=float, help="ARMT with --bptt-segments: on inputs longer than that, add this "
+                   "times the mean write gate β of the DPFP memory to the training loss, so writes stay sparse "
+                   "(default 0: none)")
     g.add_argument("--conv-size", type=int, help=f"short causal conv over K tokens: MirasLM, on q, k, v of every "
                    f"mixer, attention too (default {miras.conv_size}; 0: none); ARMT, before each attention (default "
                    f"{armt.conv_size}: none, the paper's blocks)")
@@ -384,7 +394,8 @@ def build_parser():
     g.add_argument("--warmup", type=int, help="warmup steps (default min(100, steps/10))")
     g.add_argument("--clip", type=float, help=f"gradient norm clip (0: none; default {fit.clip})")
     g.add_argument("--eval-every", type=int, help="steps between evaluations (default steps/10)")
-    g.add_argument("--curriculum", default=None, help="babilong / niah context length by step, e.g. 0:128,300:256")
+    g.add_argument("--curriculum", default=None, help="babilong / niah context length by step, e.g. 0:128,300:256; "
+                   "STEP:LENGTH:BATCH also sets that stage's batch size, e.g. 900:4096:16")
     g.add_argument("--advance-below", type=float, default=None, help="start each --curriculum stage earlier, once "
                    "the mean training loss of 20 steps is below this")
     g.add_argument("--target", type=float, help="stop once the held-out accuracy reaches this")

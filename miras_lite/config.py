@@ -11,7 +11,8 @@ Every dataclass validates itself when it is built, raising a ValueError that nam
 `RunConfig.to_dict` / `RunConfig.from_dict` give the plain-data form a run directory keeps in run.json.
 
 A curriculum is a tuple of stages ``(start_step, {task field: value})`` over the run's task: each stage is
-the task with those fields replaced, served from its start step (`train.TaskStages`); with
+the task with those fields replaced, served from its start step (`train.TaskStages`), in batches of the
+fit's size or of the stage's own ``"batch_size"`` entry; with
 ``advance_below`` a stage also starts as soon as the mean training loss of 20 steps is below that value.
 Held-out scores always refer to the run's own task.
 """
@@ -238,7 +239,9 @@ class MirasLMConfig(_Config):
 @dataclass(frozen=True)
 class ARMTConfig(_Config):
     """`ARMT` without its vocabulary; ``memory``: "dpfp" (the paper's), a preset name, or "spec" (the run's spec);
-    ``dpfp_gamma``: the γ correction of the DPFP memory's normaliser (False: its ablation)."""
+    ``dpfp_gamma``: the γ correction of the DPFP memory's normaliser (False: its ablation); ``bptt_segments``:
+    backpropagate through the last K segments of a training input only (None: all); ``write_l1``: the weight of
+    the DPFP write-gate penalty added to the training loss of inputs longer than bptt_segments (0: none)."""
 
     d_model: int = 64
     n_layers: int = 2
@@ -248,6 +251,8 @@ class ARMTConfig(_Config):
     memory: str = "dpfp"
     conv_size: int = 0
     dpfp_gamma: bool = True
+    bptt_segments: int | None = None
+    write_l1: float = 0.0
     name: str = "armt"
 
     def build(self, vocab_size, spec):
@@ -257,9 +262,12 @@ class ARMTConfig(_Config):
         if not self.dpfp_gamma and memory != "dpfp":
             raise ValueError(f"dpfp_gamma=False switches off the γ correction of the DPFP memory; it needs "
                              f"memory='dpfp', not {self.memory!r}")
-        dpfp = {"dpfp_gamma": self.dpfp_gamma} if memory == "dpfp" else {}
+        if self.write_l1 and memory != "dpfp":
+            raise ValueError(f"write_l1={self.write_l1!r} penalises the DPFP memory's write gate; it needs "
+                             f"memory='dpfp', not {self.memory!r}")
+        dpfp = {"dpfp_gamma": self.dpfp_gamma, "write_l1": self.write_l1} if memory == "dpfp" else {}
         return ARMT(vocab_size, self.d_model, self.n_layers, self.num_heads, self.segment_size, self.num_mem_tokens,
-                    memory=memory, conv_size=self.conv_size, **dpfp)
+                    memory=memory, conv_size=self.conv_size, bptt_segments=self.bptt_segments, **dpfp)
 
 
 MODEL_CONFIGS = {c.name: c for c in (MirasLMConfig(), ARMTConfig())}
@@ -326,6 +334,11 @@ def _section(kinds, section, value, default):
     return kinds[name].replace(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
 
 
+def _task_fields(stage):
+    """A curriculum stage's task fields (all its entries but "batch_size")."""
+    return {name: value for name, value in stage.items() if name != "batch_size"}
+
+
 @dataclass(frozen=True)
 class RunConfig(_Config):
     """Everything one training run needs: task, model, memory spec, fit settings, seed and curriculum.
@@ -359,7 +372,8 @@ class RunConfig(_Config):
         object.__setattr__(self, "curriculum", tuple((start, dict(stage)) for start, stage in self.curriculum))
         for start, stage in self.curriculum:
             _number("curriculum", "start", start, 0, integer=True)
-            self.task.replace(**stage)
+            _number("curriculum", "batch_size", stage.get("batch_size"), 1, allow_none=True, integer=True)
+            self.task.replace(**_task_fields(stage))
         if self.advance_below is not None and not self.curriculum:
             _fail("run", "advance_below", self.advance_below, "needs a curriculum (stages to advance through)")
         self._check_model()
@@ -388,7 +402,8 @@ class RunConfig(_Config):
             return task
         from .train import TaskStages
 
-        stages = [(start, self.task.replace(**stage).build(self.seed)) for start, stage in self.curriculum]
+        stages = [(start, self.task.replace(**_task_fields(stage)).build(self.seed), stage.get("batch_size"))
+                  for start, stage in self.curriculum]
         return TaskStages(stages, eval_task=task, eval_early=self.advance_below is None)
 
     def build_model(self, vocab_size):

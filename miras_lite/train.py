@@ -53,6 +53,7 @@ import polars as pl
 import torch
 
 from . import checkpoint
+from .checks import check_int
 from .config import FitConfig
 from .files import FileWriteError, RunLock, atomic_write
 from .labels import IGNORE_INDEX
@@ -247,7 +248,8 @@ class TaskStages:
     """A task that switches tasks at given steps: a curriculum over whole tasks.
 
     ``TaskStages([(0, easy), (800, target)])`` serves ``easy.batch(B, s)`` for steps 0..799 and then
-    ``target.batch(B, s - 800)``; `evaluate` / `test_set` / `vocab_size` are the last stage's (or
+    ``target.batch(B, s - 800)``; a stage ``(start, task, batch_size)`` serves batches of its own size
+    instead of fit's B (longer contexts, smaller batches); `evaluate` / `test_set` / `vocab_size` are the last stage's (or
     ``eval_task``'s), so held-out numbers always refer to the target task. A stage can also start
     earlier, when the previous one is learnt: `advance` (see `advance_when`).
 
@@ -258,12 +260,17 @@ class TaskStages:
 
     def __init__(self, stages, eval_task=None, eval_early=True):
         stages = sorted(stages, key=lambda st: st[0])
-        if not stages or stages[0][0] != 0:
-            raise ValueError(f"stages={stages!r} must be a non-empty list of (start_step, task) starting at step 0")
-        for start, task in stages:
+        if not stages or stages[0][0] != 0 or any(len(st) not in (2, 3) for st in stages):
+            raise ValueError(f"stages={stages!r} must be a non-empty list of (start_step, task) or (start_step, task, "
+                             "batch_size) starting at step 0")
+        for start, task, *batch_size in stages:
             if not hasattr(task, "batch"):
                 raise ValueError(f"stages: {type(task).__name__} (from step {start}) has no batch(batch_size, step)")
-        self.stages, self.eval_task = [list(st) for st in stages], eval_task if eval_task is not None else stages[-1][1]
+            if batch_size and batch_size[0] is not None:
+                check_int("stages: batch_size", batch_size[0])
+        self.stages = [[start, task] for start, task, *_ in stages]
+        self.batch_sizes = [(batch_size or [None])[0] for _, _, *batch_size in stages]
+        self.eval_task = eval_task if eval_task is not None else stages[-1][1]
         self.eval_early, self.current = eval_early, 0
         if hasattr(self.eval_task, "test_set"):
             self.test_set = self.eval_task.test_set
@@ -279,7 +286,7 @@ class TaskStages:
     def batch(self, batch_size, step):
         self.current = self.stage_index(step)
         start, task = self.stages[self.current]
-        return task.batch(batch_size, step - start)
+        return task.batch(self.batch_sizes[self.current] or batch_size, step - start)
 
     def advance(self, step):
         """Start the stage after the current one at 0-based ``step`` (if it was due later)."""

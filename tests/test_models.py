@@ -301,6 +301,65 @@ def test_armt_segment_recurrence_equals_carrying_the_state(memory):
     assert (model(x[:, 32:])["logits"] - whole["logits"][:, 32:]).abs().amax() > 1e-4
 
 
+@pytest.mark.parametrize("memory", ["dpfp", "gated_deltanet"])
+def test_armt_bptt_segments_truncates_the_gradient_only(memory):
+    """bptt_segments=K: the same values; the gradient is that of the last K segments run on the memory the
+    earlier ones leave, detached (computed here by hand, one segment at a time)."""
+    model = _armt(memory, bptt_segments=2)
+    x, labels = _ids(2, 8 * 4 + 3, 37), _ids(2, 8 * 4 + 3, 37, seed=4)
+    labels[:, :24] = -100  # as in BABILong, the answers come at the end
+    out = model(x, labels=labels)
+    out["loss"].backward()
+    truncated = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.bptt_segments = None
+    full = model(x, labels=labels)
+    torch.testing.assert_close(out["logits"], full["logits"])
+    full["loss"].backward()
+    assert any(not torch.allclose(p.grad, truncated[n]) for n, p in model.named_parameters())
+    model.zero_grad()
+    with torch.no_grad():
+        state = model(x[:, :24])["memory_state"]  # segments 1-3 of 5: no gradient
+    model(x[:, 24:], labels=labels[:, 24:], memory_state=state)["loss"].backward()
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(truncated[name], param.grad, msg=name)
+
+
+def test_armt_write_l1_adds_the_mean_write_gate_of_the_backpropagated_segments():
+    model = _armt(bptt_segments=2, write_l1=0.5)
+    x, labels = _ids(2, 8 * 4 + 3, 37), _ids(2, 8 * 4 + 3, 37, seed=4)
+    penalised = model(x, labels=labels)["loss"]
+    model.write_l1 = 0.0
+    plain = model(x, labels=labels)["loss"]
+    with torch.no_grad():
+        state, gates = model(x[:, :24])["memory_state"], []  # segments 1-3: not backpropagated, not penalised
+        for ids in x[:, 24:].split(8, dim=1):
+            h = torch.cat([model.embed(ids), model.mem_tokens.expand(2, -1, -1)], dim=1)
+            for layer, (block, mem) in enumerate(zip(model.blocks, model.memories)):
+                h = block(h + mem.read(h, state[layer]))
+                gates.append(torch.sigmoid(mem.beta_proj(h[:, ids.shape[1]:])).flatten())
+                state[layer] = mem.write(h[:, ids.shape[1]:], state[layer])
+    torch.testing.assert_close(penalised - plain, 0.5 * torch.cat(gates).mean())
+    (penalised - plain).backward()  # the penalty's gradient: it trains the write gates W_β only
+    for name, param in model.named_parameters():
+        if "beta_proj" in name:
+            assert param.grad.abs().sum() > 0, name
+        else:
+            assert param.grad is None or param.grad.abs().max() < 1e-6, name
+    model.write_l1 = 0.5
+    with torch.no_grad():
+        assert model(x, labels=labels)["loss"] == plain  # evaluation is not penalised
+    short = model(x[:, :16], labels=labels[:, :16])["loss"]  # 2 segments: nothing truncated, nothing penalised
+    model.write_l1 = 0.0
+    assert short == model(x[:, :16], labels=labels[:, :16])["loss"]
+    with pytest.raises(ValueError, match="write_l1"):
+        _armt("gated_deltanet", bptt_segments=2, write_l1=0.1)
+    with pytest.raises(ValueError, match="bptt_segments"):
+        _armt(write_l1=0.1)
+    with pytest.raises(ValueError, match="write_l1"):
+        _armt(bptt_segments=2, write_l1=-1.0)
+
+
 def test_armt_is_causal():
     model = _armt()
     x = _ids(1, 30, 37)
@@ -416,6 +475,8 @@ def test_armt_bad_arguments_and_inputs():
         ARMT(10, segment_size=0)
     with pytest.raises(ValueError, match="conv_size"):
         ARMT(10, conv_size=-1)
+    with pytest.raises(ValueError, match="bptt_segments"):
+        ARMT(10, bptt_segments=0)
     with pytest.raises(ValueError, match="mem_heads"):
         ARMT(10, d_model=32, mem_heads=3)
     model = _armt(max_segments=2)

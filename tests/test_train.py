@@ -14,7 +14,7 @@ import torch
 
 import miras_lite as ml
 from miras_lite import checkpoint
-from miras_lite.config import MirasLMConfig, MQARConfig, RunConfig
+from miras_lite.config import ARMTConfig, BabiLongConfig, MirasLMConfig, MQARConfig, RunConfig
 from miras_lite.models import MirasLM
 from miras_lite.tasks.mqar import MQAR
 from miras_lite.train import TaskStages, TrainingDiverged, advance_when, early_stop, evaluate, fit, lr_at
@@ -166,6 +166,22 @@ def test_task_stages_switch_tasks_and_evaluate_the_last():
     assert stages.evaluate(model) == hard.evaluate(model)
     with pytest.raises(ValueError, match="stages"):
         TaskStages([(5, easy)])
+
+
+def test_task_stages_serve_each_stage_in_its_own_batch_size():
+    easy, long = RecordingTask("easy"), RecordingTask("long")
+    stages = TaskStages([(0, easy), (2, long, 1)])
+    sizes = [stages.batch(4, step)[0].shape[0] for step in range(4)]
+    assert sizes == [4, 4, 1, 1]
+    with pytest.raises(ValueError, match="batch_size"):
+        TaskStages([(0, easy), (2, long, 0)])
+    run = RunConfig(task=BabiLongConfig("qa1", context_length=64, test_examples=2),
+                    model=ARMTConfig(d_model=16, n_layers=1, segment_size=16, num_mem_tokens=2),
+                    curriculum=((0, {"context_length": 32}), (3, {"context_length": 64, "batch_size": 2})))
+    task = run.build_task()
+    assert [task.batch(4, step)[0].shape[0] for step in (0, 3)] == [4, 2]
+    with pytest.raises(ValueError, match="curriculum.batch_size"):
+        run.replace(curriculum=((0, {"context_length": 32, "batch_size": 0}),))
 
 
 def test_task_stages_advance_when_the_loss_is_low_and_skip_early_evaluations():
@@ -344,12 +360,15 @@ def test_cli_babilong_armt_stages_advance_on_the_loss(tmp_path):
     the conv; the run is saved with them and `eval --lengths` streams it."""
     out = tmp_path / "armt"
     _run("-m", "miras_lite", "train", "--task", "babilong", "--model", "armt", "--context-length", "40",
-         "--curriculum", "0:0,500:24,900:40", "--advance-below", "100", "--questions", "all", "--conv-size", "3",
+         "--curriculum", "0:0,500:24,900:40:1", "--advance-below", "100", "--questions", "all", "--conv-size", "3",
+         "--bptt-segments", "2",
          "--steps", "12", "--batch-size", "2", "--d-model", "16", "--layers", "1", "--segment-size", "16",
          "--mem-tokens", "2", "--test-examples", "4", "--threads", "1", "--quiet", "--out", str(out))
     model = ml.load(out / "checkpoint.pt")
-    assert model.config["conv_size"] == 3
-    assert json.loads((out / "run.json").read_text())["task"]["questions"] == "all"
+    assert model.config["conv_size"] == 3 and model.config["bptt_segments"] == 2
+    run = json.loads((out / "run.json").read_text())
+    assert run["task"]["questions"] == "all"
+    assert run["curriculum"][-1] == [900, {"context_length": 40, "batch_size": 1}]
     table = tmp_path / "eval.parquet"
     _run("-m", "miras_lite", "eval", str(out), "--lengths", "64", "--samples", "2", "--threads", "1", "--out", str(table))
     streamed = pl.read_parquet(table).filter(pl.col("table") == "streamed accuracy vs context length")

@@ -1,11 +1,12 @@
 """Rebuild the trained models shipped in data/models/ (run directories: checkpoint.pt, metrics.parquet, run.json).
 
-    .venv/bin/python data/models/build.py                 # all of them (about 25 minutes on 2 cores)
+    .venv/bin/python data/models/build.py                 # all of them (about 50 minutes on 2 cores)
     .venv/bin/python data/models/build.py titans armt-qa1  # some
 
 Each MQAR model is a preset trained with its recommended settings on the playground's default task (MQAR with
-V=64, L=32, 4 pairs; `benchmarks.mqar.playground_run`); armt-qa1 is the ARMT recipe of `benchmarks.armt`, plus its
-accuracy by context length (lengths.parquet: 2K to 10M tokens, about 11 minutes more), which notebook 07 shows;
+V=64, L=32, 4 pairs; `benchmarks.mqar.playground_run`); armt-qa1 is the ARMT recipe of `benchmarks.armt` (25
+CPU-minutes), plus its accuracy by context length (lengths.parquet: 2K to 10M tokens, about 12 minutes more), which
+notebook 07 shows;
 that table alone, for the model as it is:
 
     .venv/bin/python -m benchmarks.armt --evaluate data/models/armt-qa1 --out data/models/armt-qa1/lengths.parquet

@@ -15,7 +15,15 @@ and layer l, with hidden states H of the S + M tokens:
 Logits come from the segment tokens only: ``RMSNorm(H[:S]) Eᵀ``. Attention never crosses a segment
 boundary, so a segment costs O((S + M)²) and a length-L input O(L·(S + M)) time, with O(1) state.
 
-Training (`forward`) backpropagates through all segments. Evaluation over contexts of any length
+Training (`forward`) backpropagates through all segments, or, with ``bptt_segments=K``, through the last K
+only: the segments before them run without a graph and hand their memory on as a constant (truncated
+backpropagation through time), so a long context costs about one forward pass plus K segments of backward
+pass, and the model still trains on the memory that the long context leaves. With ``write_l1=λ`` the
+training loss of an input longer than K segments adds λ·mean β, the mean write gate of the memory tokens over
+the segments that backpropagate (DPFP memory; its gradient reaches the gate's weights W_β only, not the
+blocks that feed it): an L1 penalty that leaves writes only where the task needs them, so that thousands of
+segments of filler do not fill the memory. Short inputs are left alone: there a curriculum teaches the memory
+to hold facts, and a penalty from the start shuts the gate before the memory is of any use. Evaluation over contexts of any length
 (`stream`) consumes a segment iterator lazily under ``torch.no_grad()``, keeping only the per-layer
 memories and one segment of tokens.
 """
@@ -57,6 +65,11 @@ class ARMT(TokenLM):
         dpfp_gamma:     "dpfp" only: the γ correction of the normaliser z (True, the paper's) or γ = 1 on every
                         write (False, its ablation); see `DPFPMemory`.
         ffn_hidden, tie_weights: as `MirasLM`.
+        bptt_segments:  K: `forward` backpropagates through the last K segments of its input only (module
+                        docstring); the values are the same. None (default): through every segment.
+        write_l1:       "dpfp" with bptt_segments only: λ ≥ 0, the weight of the write-gate penalty λ·mean β
+                        added to the training loss of inputs longer than bptt_segments segments (module
+                        docstring); 0 (default): none.
         conv_size:      K > 0 puts a depthwise causal convolution over K tokens in front of every attention
                         (`ShortConvMixer`; not in the paper, whose blocks are GPT-2's): a small model trained
                         from scratch then binds neighbouring tokens (a bAbI fact's person and place) at once
@@ -73,17 +86,24 @@ class ARMT(TokenLM):
                  segment_size: int = 64, num_mem_tokens: int = 8, memory="dpfp", max_segments: int | None = None,
                  mem_heads: int | None = None, d_mem: int | None = None, dpfp_nu: int = 3,
                  ffn_hidden: int | None = None, tie_weights: bool = True, conv_size: int = 0,
-                 dpfp_normalize: bool = True, dpfp_gamma: bool = True):
+                 dpfp_normalize: bool = True, dpfp_gamma: bool = True, bptt_segments: int | None = None,
+                 write_l1: float = 0.0):
         super().__init__(vocab_size, d_model, tie_weights)
         for name, value in (("n_layers", n_layers), ("num_heads", num_heads), ("segment_size", segment_size),
                             ("num_mem_tokens", num_mem_tokens), ("dpfp_nu", dpfp_nu)):
             check_int(name, value)
-        if max_segments is not None:
-            check_int("max_segments", max_segments)
+        for name, value in (("max_segments", max_segments), ("bptt_segments", bptt_segments)):
+            if value is not None:
+                check_int(name, value)
         check_int("conv_size", conv_size, minimum=0)
         for name, value in (("dpfp_normalize", dpfp_normalize), ("dpfp_gamma", dpfp_gamma)):
             if not isinstance(value, bool):
                 raise ValueError(f"{name}={value!r} must be True or False")
+        if isinstance(write_l1, bool) or not isinstance(write_l1, (int, float)) or not write_l1 >= 0:
+            raise ValueError(f"write_l1={write_l1!r} must be a number >= 0")
+        if write_l1 and (memory != "dpfp" or bptt_segments is None):
+            raise ValueError(f"write_l1={write_l1!r} penalises the DPFP memory's write gate on inputs longer than "
+                             "bptt_segments segments; it needs memory='dpfp' and bptt_segments")
         ffn_hidden = default_ffn_hidden(d_model) if ffn_hidden is None else ffn_hidden
         check_int("ffn_hidden", ffn_hidden)
         if memory == "dpfp":
@@ -109,6 +129,7 @@ class ARMT(TokenLM):
 
         self.n_layers = n_layers
         self.segment_size, self.num_mem_tokens, self.max_segments = segment_size, num_mem_tokens, max_segments
+        self.bptt_segments, self.write_l1 = bptt_segments, float(write_l1)
         self.mem_tokens = nn.Parameter(torch.randn(num_mem_tokens, d_model) * 0.02)
         mixers = [AttentionLayer(d_model, num_heads) for _ in range(n_layers)]
         if conv_size:
@@ -119,7 +140,8 @@ class ARMT(TokenLM):
                            segment_size=segment_size, num_mem_tokens=num_mem_tokens, memory=memory_config,
                            max_segments=max_segments, mem_heads=mem_heads, d_mem=d_mem, dpfp_nu=dpfp_nu,
                            ffn_hidden=ffn_hidden, tie_weights=tie_weights, conv_size=conv_size,
-                           dpfp_normalize=dpfp_normalize, dpfp_gamma=dpfp_gamma)
+                           dpfp_normalize=dpfp_normalize, dpfp_gamma=dpfp_gamma, bptt_segments=bptt_segments,
+                           write_l1=float(write_l1))
 
     # ---------------------------------------------------------------------------------- pieces
 
@@ -127,15 +149,18 @@ class ARMT(TokenLM):
         """The empty memory of every layer (what ``memory_state=None`` means)."""
         return [mem.initial_state(batch_size, device=device, dtype=dtype) for mem in self.memories]
 
-    def segment(self, ids: torch.Tensor, state: list):
+    def segment(self, ids: torch.Tensor, state: list, gates: list | None = None):
         """Run one segment ``ids [B, S']`` (S' ≤ segment_size): returns the hidden states of its S' tokens
-        (before the final norm) and the memories after writing it."""
+        (before the final norm) and the memories after writing it. ``gates``: a list that receives each
+        layer's write gates β ``[B, H, M, 1]`` (DPFP memory)."""
         B, S = ids.shape
         h = torch.cat([self.embed(ids), self.mem_tokens.to(self.embed.weight.dtype).expand(B, -1, -1)], dim=1)
         new_state = []
         for block, mem, layer_state in zip(self.blocks, self.memories, state):
             h = block(h + mem.read(h, layer_state))
             new_state.append(mem.write(h[:, S:], layer_state))
+            if gates is not None:  # the penalty trains the gate W_β only, not the blocks that feed it
+                gates.append(mem.write_gate(h[:, S:].detach()))
         return h[:, :S], new_state
 
     def _check_state(self, memory_state, batch_size, like):
@@ -154,6 +179,8 @@ class ARMT(TokenLM):
         ``labels [B, T]`` follow `MirasLM`: aligned with the inputs (no shift), -100 = no label; the head
         runs only on labelled positions. ``memory_state`` continues from a previous call: processing
         ``x[:, :k·S]`` and then ``x[:, k·S:]`` with the returned state equals processing ``x`` at once.
+        With ``bptt_segments=K`` the segments before the last K run under ``torch.no_grad()`` (labels there
+        still train the output norm and head, which see their hidden states as constants).
         """
         self.check_inputs(input_ids, labels)
         B, T = input_ids.shape
@@ -162,11 +189,18 @@ class ARMT(TokenLM):
             raise ValueError(f"input_ids has {T} tokens = {n_segments} segments of {self.segment_size}; "
                              f"max_segments={self.max_segments} (use ARMT.stream for long contexts, or raise it)")
         state = self._check_state(memory_state, B, input_ids)
-        hidden = []
-        for ids in input_ids.split(self.segment_size, dim=1):
-            h, state = self.segment(ids, state)
+        segments = input_ids.split(self.segment_size, dim=1)
+        constant = 0 if self.bptt_segments is None else max(0, n_segments - self.bptt_segments)
+        penalised = self.write_l1 > 0 and constant > 0 and torch.is_grad_enabled() and labels is not None
+        hidden, gates = [], [] if penalised else None
+        for index, ids in enumerate(segments):
+            backpropagated = torch.is_grad_enabled() and index >= constant
+            with torch.set_grad_enabled(backpropagated):
+                h, state = self.segment(ids, state, gates if backpropagated else None)
             hidden.append(h)
         out = lm_output(self.norm(torch.cat(hidden, dim=1)), self.head, labels)
+        if gates:
+            out["loss"] = out["loss"] + self.write_l1 * torch.cat([g.flatten() for g in gates]).mean()
         out["memory_state"] = state
         return out
 

@@ -123,11 +123,15 @@ class DPFPMemory(nn.Module):
         B, H, N, Dv = o.shape
         return o.transpose(1, 2).reshape(B, N, H * Dv)
 
+    def write_gate(self, m: torch.Tensor) -> torch.Tensor:
+        """β_i = σ(W_β m_i) of the memory-token outputs ``m [B, M, d_model]``: ``[B, H, M, 1]``."""
+        return torch.sigmoid(self.beta_proj(m)).transpose(1, 2).unsqueeze(-1)
+
     def write(self, m: torch.Tensor, state: DPFPState) -> DPFPState:
         """One delta-rule write from the memory-token outputs ``m [B, M, d_model]`` (module docstring)."""
         k = self.features(m, self.k_proj)                              # [B, H, M, Dφ]
         v = self._heads(self.v_proj(m))                                # [B, H, M, Dv]
-        beta = torch.sigmoid(self.beta_proj(m)).transpose(1, 2).unsqueeze(-1)  # [B, H, M, 1]
+        beta = self.write_gate(m)                                      # [B, H, M, 1]
         v_bar, zk = self._lookup(k, state)
         A = state.A + (beta * k).transpose(-1, -2) @ (v - v_bar)
         if not self.gamma:
