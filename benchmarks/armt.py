@@ -7,9 +7,9 @@ the fact-reading circuit forms), then 256 ... 2048 tokens, where the question ha
 and the answer can only come through the memory, backpropagating through every segment; then 4K, 8K and
 16K tokens in batches of 16, backpropagating through the last 32 segments only (`ARMTConfig.bptt_segments`:
 the segments before them run without a graph and hand on their memory), so a 16K context costs about one
-forward pass. On long contexts the memory must not fill up with filler: the long stages teach the write gate
-β to stay shut on filler segments, and there the penalty `write_l1` · mean β keeps writes sparse. Each stage starts
-once the mean training loss of 20 steps is below `advance_below`; training batches ask every answerable
+forward pass. On long contexts the memory must not fill up with filler: the long stages teach the write
+gate β to stay shut on filler segments, and there the penalty `write_l1` · mean β keeps writes sparse. Each
+stage starts once the mean training loss of 20 steps is below `advance_below`; training batches ask every answerable
 question of the story. The budget is CPU time on one thread. The trained run is saved (a run directory
 `eval` reads), then streamed (`ARMT.stream`, constant memory) at each context length of the table, the
 samples of one length together.
@@ -25,7 +25,7 @@ import torch
 
 from miras_lite.config import ARMTConfig, BabiLongConfig, FitConfig, RunConfig
 from miras_lite.runs import load_run
-from miras_lite.tasks.babilong import BabiLong, babilong_accuracy
+from miras_lite.tasks.babilong import BabiLong, babilong_accuracy, batched_segments
 
 from .common import machine_line, print_table
 
@@ -88,7 +88,7 @@ def memory_drift(model, lengths=DRIFT_LENGTHS, samples=8, seed=0):
         stories = [bench.sample(i, length) for i in range(samples)]
         state = model.initial_state(samples)
         beta, write, fact = [], [], []
-        for index, ids in enumerate(torch.stack(parts) for parts in zip(*(s.segments(model.segment_size) for s in stories))):
+        for index, ids in enumerate(batched_segments(stories, model.segment_size)):
             gates, before = [], [layer.A for layer in state]
             _, state = model.segment(ids, state, gates)
             beta.append(torch.stack([g.amax(dim=(1, 2, 3)) for g in gates]).mean(0))
@@ -131,8 +131,9 @@ def run(args):
                   f"{r['tokens_per_s']:,.0f}", f"{r['peak_rss_mb']:,.0f}", f"{r['load']:.1f}") for r in rows])
     stories = 2 if args.quick else 8
     drift = memory_drift(model, QUICK_DRIFT if args.quick else DRIFT_LENGTHS, samples=stories)
-    print(f"# the memory along the context ({stories} stories per length): write gate β, the largest of the memory tokens', "
-          "on segments with a fact and on filler; a fact segment's write ‖ΔA‖ over a filler segment's; ‖A‖ at the end")
+    print(f"# the memory along the context ({stories} stories per length): write gate β, the largest of the memory "
+          "tokens', on segments with a fact and on filler; a fact segment's write ‖ΔA‖ over a filler segment's; "
+          "‖A‖ at the end")
     print_table(("context", "segments", "beta_fact", "beta_filler", "write_ratio", "|A|_end"),
                 [(r["context"], r["segments"], f"{r['beta_fact']:.3f}", f"{r['beta_filler']:.1e}",
                   f"{r['write_ratio']:,.0f}", f"{r['memory_norm']:.2f}") for r in drift])

@@ -262,12 +262,10 @@ class ARMTConfig(_Config):
         if not self.dpfp_gamma and memory != "dpfp":
             raise ValueError(f"dpfp_gamma=False switches off the γ correction of the DPFP memory; it needs "
                              f"memory='dpfp', not {self.memory!r}")
-        if self.write_l1 and memory != "dpfp":
-            raise ValueError(f"write_l1={self.write_l1!r} penalises the DPFP memory's write gate; it needs "
-                             f"memory='dpfp', not {self.memory!r}")
-        dpfp = {"dpfp_gamma": self.dpfp_gamma, "write_l1": self.write_l1} if memory == "dpfp" else {}
+        dpfp = {"dpfp_gamma": self.dpfp_gamma} if memory == "dpfp" else {}
         return ARMT(vocab_size, self.d_model, self.n_layers, self.num_heads, self.segment_size, self.num_mem_tokens,
-                    memory=memory, conv_size=self.conv_size, bptt_segments=self.bptt_segments, **dpfp)
+                    memory=memory, conv_size=self.conv_size, bptt_segments=self.bptt_segments, write_l1=self.write_l1,
+                    **dpfp)
 
 
 MODEL_CONFIGS = {c.name: c for c in (MirasLMConfig(), ARMTConfig())}

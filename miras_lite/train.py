@@ -249,8 +249,8 @@ class TaskStages:
 
     ``TaskStages([(0, easy), (800, target)])`` serves ``easy.batch(B, s)`` for steps 0..799 and then
     ``target.batch(B, s - 800)``; a stage ``(start, task, batch_size)`` serves batches of its own size
-    instead of fit's B (longer contexts, smaller batches); `evaluate` / `test_set` / `vocab_size` are the last stage's (or
-    ``eval_task``'s), so held-out numbers always refer to the target task. A stage can also start
+    instead of fit's B (longer contexts, smaller batches). `evaluate` / `test_set` / `vocab_size` are the last
+    stage's (or ``eval_task``'s), so held-out numbers always refer to the target task. A stage can also start
     earlier, when the previous one is learnt: `advance` (see `advance_when`).
 
     ``eval_early=False``: `evaluate` returns ``{}`` (fit records no metric) until a batch of the last

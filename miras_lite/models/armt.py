@@ -23,8 +23,8 @@ training loss of an input longer than K segments adds λ·mean β, the mean writ
 the segments that backpropagate (DPFP memory; its gradient reaches the gate's weights W_β only, not the
 blocks that feed it): an L1 penalty that leaves writes only where the task needs them, so that thousands of
 segments of filler do not fill the memory. Short inputs are left alone: there a curriculum teaches the memory
-to hold facts, and a penalty from the start shuts the gate before the memory is of any use. Evaluation over contexts of any length
-(`stream`) consumes a segment iterator lazily under ``torch.no_grad()``, keeping only the per-layer
+to hold facts, and a penalty from the start shuts the gate before the memory is of any use. Evaluation over
+contexts of any length (`stream`) consumes a segment iterator lazily under ``torch.no_grad()``, keeping only the per-layer
 memories and one segment of tokens.
 """
 

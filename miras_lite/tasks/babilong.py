@@ -535,7 +535,7 @@ def _same_shape_batches(samples, batch_size):
             yield group[start:start + batch_size]
 
 
-def _batched_segments(samples, segment_size):
+def batched_segments(samples, segment_size):
     """The contexts of same-length samples as [B, n] segments, produced lazily."""
     return (torch.stack(parts) for parts in zip(*(sample.segments(segment_size) for sample in samples)))
 
@@ -563,7 +563,7 @@ def babilong_accuracy(model, task="qa1", context_lengths=(1024, 4096), num_sampl
         samples = [bench.sample(i, length) for i in range(num_samples)]
         for batch in _same_shape_batches(samples, batch_size):
             questions = torch.stack([sample.question_ids for sample in batch])
-            logits = torch.as_tensor(model.stream(_batched_segments(batch, segment_size), questions))
+            logits = torch.as_tensor(model.stream(batched_segments(batch, segment_size), questions))
             answers = torch.tensor([sample.answer_id for sample in batch])
             correct += int((logits.reshape(len(batch), -1).argmax(-1) == answers).sum())
             tokens += sum(sample.context_length + len(sample.question_ids) for sample in batch)
