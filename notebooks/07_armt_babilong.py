@@ -545,7 +545,9 @@ def _(shipped_lengths):
     answers far past its training length because it learned to write into its memory on the segments
     that hold a fact and almost never on filler (section 5 shows the writes): during training on long
     stories a small penalty on the write gate β kept the writes sparse, so even thousands of filler
-    segments add up to little and the memory stays the same size. The paper's ARMT, a GPT-2-sized model with
+    segments add up to little and the memory stays the same size, up to a million tokens. At 10M tokens
+    (81,920 segments, 640 times its longest training story) the small writes do add up again, the memory
+    grows and the story is lost. The paper's ARMT, a GPT-2-sized model with
     segments of 1024 tokens, answers 79.9% of qa1 at 50M tokens. With 8 samples per length one sample is
     12.5 points: differences of that size are noise.
     """
