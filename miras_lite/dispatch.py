@@ -85,6 +85,18 @@ def _minibatch_kernel(spec):
     return None
 
 
+def _mlp_minibatch_kernel(spec):
+    """MLP memory, retention none / l2 (the dual form reads the weights as they are), any bias, gd / momentum."""
+    if spec.memory != "mlp":
+        return "the MLP-memory kernel covers MLP memory only"
+    return _dual(spec)
+
+
+def _mlp_boundary_kernel(spec):
+    """MLP memory with the non-linear read-outs lq / kl, under the boundary rule."""
+    return "the MLP-memory kernel covers MLP memory only" if spec.memory != "mlp" else _nonlinear_readout(spec)
+
+
 def _nonlinear_readout(spec):
     return None if spec.retention in ("lq", "kl") else f"retention {spec.retention!r} has no read-out to defer"
 
@@ -114,6 +126,8 @@ class Implementation:
     chunk:       an exact chunk-parallel form runs in chunks of this length.
     runs_as:     the semantics whose rows compute this row's scan (exact dot scans are mini-batch scans).
     snapshots:   whether it can keep the memory every `return_states` tokens.
+    weights:     whether a Triton scan takes and returns the state as tuples of weight matrices (the MLP memory's
+                 W_in, W_out) instead of single matrices.
     """
 
     name: str
@@ -123,6 +137,7 @@ class Implementation:
     chunk: int | None = None
     runs_as: str | None = None
     snapshots: bool = True
+    weights: bool = False
 
     @property
     def backend(self):
@@ -143,10 +158,14 @@ TABLE = (
     Implementation("torch/recurrent", "exact", _anything, "miras_lite.ops.recurrent:recurrent_scan"),
     Implementation("triton/minibatch", "minibatch", _minibatch_kernel, "kernels.minibatch:minibatch_scan",
                    snapshots=False),
+    Implementation("triton/mlp_minibatch", "minibatch", _mlp_minibatch_kernel,
+                   "kernels.mlp_minibatch:mlp_minibatch_scan", snapshots=False, weights=True),
     Implementation("torch/minibatch_fused", "minibatch", _fused_dual,
                    "miras_lite.ops.minibatch_fused:fused_dual_scan", snapshots=False),
     Implementation("torch/dual", "minibatch", _dual, "miras_lite.ops.minibatch:dual_scan"),
     Implementation("torch/materialised", "minibatch", _anything, "miras_lite.ops.minibatch:materialised_scan"),
+    Implementation("triton/mlp_boundary", "boundary", _mlp_boundary_kernel, "kernels.mlp_minibatch:mlp_boundary_scan",
+                   snapshots=False, weights=True),
     Implementation("torch/boundary", "boundary", _nonlinear_readout, "miras_lite.ops.boundary:boundary_scan"),
     Implementation("any/boundary_is_minibatch", "boundary", _linear_readout, None, runs_as="minibatch"),
 )
@@ -253,5 +272,8 @@ def run(plan_, q, k, v, eta, alpha, theta, delta, spec, A, S, snapshot_every=Non
     row, scan = plan_.implementation, plan_.implementation.load()
     if row.backend == "torch":
         return scan(q, k, v, eta, alpha, theta, delta, spec, A, S, plan_.chunk_size, snapshot_every)
+    if row.weights:
+        o, A_end, S_end = scan(q, k, v, eta, alpha, theta, delta, spec, A, S, plan_.chunk_size)
+        return o, A_end, S_end, []
     o, A_end, S_end = scan(q, k, v, eta, alpha, theta, delta, spec, A[0], S[0], plan_.chunk_size)
     return o, (A_end,), (S_end,), []

@@ -1,6 +1,7 @@
 """`miras_lite.dispatch`: the one table that picks the implementation of a scan, and what `memory_scan` does
 when a Triton kernel cannot run it."""
 
+import inspect
 import warnings
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import kernels
 import miras_lite as ml
 from miras_lite import dispatch
+from miras_lite.presets import recommended
 from miras_lite.spec import BIASES, MEMORIES, OPTIMIZERS, RETENTIONS, MemorySpec
 
 
@@ -127,3 +129,19 @@ def test_auto_on_cpu_tensors_runs_torch_silently():
         o, _ = ml.memory_scan(q, k, v, eta=0.5, alpha=0.9, theta=0.5, spec=ml.preset("titans").replace(memory="linear"),
                               backend="auto")
     assert torch.isfinite(o).all()
+
+
+@pytest.mark.parametrize("name", list(ml.PRESETS))
+def test_every_preset_runs_on_a_kernel_at_its_training_settings(name):
+    """On CUDA (`backend="auto"`) every preset's layer, at its recommended chunk size and the layers' default
+    boundary rule, has a Triton row: the table is checked, not a GPU."""
+    spec, chunk_size = ml.preset(name), recommended(name).chunk_size
+    if chunk_size == "auto":
+        chunk_size = dispatch.default_chunk_size(spec)
+    chunk_rule = inspect.signature(ml.MirasLayer).parameters["chunk_rule"].default
+    row = dispatch.plan(spec, chunk_size, "triton", chunk_rule=chunk_rule).implementation
+    expected = {"ttt_mlp": "mlp_minibatch", "titans": "mlp_minibatch", "yaad": "mlp_minibatch",
+                "moneta": "mlp_boundary", "memora": "mlp_boundary"}
+    assert row.backend == "triton"
+    if name in expected:
+        assert row.name == f"triton/{expected[name]}"
