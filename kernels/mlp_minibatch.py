@@ -25,7 +25,8 @@ returns the gradient of every input, rates and mix included; the host's torch op
 and the chunk's scales carry it on to them.
 
 Every tile is held whole (C, D and F rounded up to powers of two ≥ 16, masked), so the kernel takes D·F ≤
-`MAX_WEIGHT_TILE`; inputs may be float32, bfloat16 or float16, and everything is computed in float32.
+`MAX_WEIGHT_TILE` (the shared memory of an H100) and chunks of at most `MAX_CHUNK` tokens; inputs may be float32,
+bfloat16 or float16, and everything is computed in float32.
 """
 
 import math
@@ -45,7 +46,11 @@ from . import KernelLimit
 from .common import (DOT_PRECISION, dot, dot_block, dtype_limit, huber_delta_slope, load_block, needs_grad, power,
                      separable_bias_gradient, separable_bias_slope, store_block, tuning_configs)
 
-MAX_WEIGHT_TILE = 128 * 512  # D·F (each rounded up to a power of two) of one weight matrix: D = 128 at E = 4
+# D·F (each rounded up to a power of two) of one weight matrix whose kernels fit an H100's 227 KiB of shared memory,
+# compiled for sm_90 (C = 16, momentum): D = 32 at E = 4 takes 64 KiB forward and 144 KiB backward; D = 64 at E = 4
+# would take 256 KiB and 544 KiB.
+MAX_WEIGHT_TILE = 32 * 128
+MAX_CHUNK = 32
 RATES = ("eta", "b", "gamma", "theta_mix_last", "gradient_scale_w", "gradient_scale_u", "read_scale_w",
          "read_scale_u", "delta", "mix_last")  # the rows of the per-chunk `rates` tensor
 ENDS = ("b_last", "gamma_last", "theta_prod_last")  # the per-chunk scalars
@@ -680,5 +685,8 @@ def limits(q, v, spec, chunk_size):
     D = q.shape[-1]
     if dot_block(D) * dot_block(spec.expansion * D) > MAX_WEIGHT_TILE:
         return (f"q: D={D} with expansion {spec.expansion} gives weights of {D}×{spec.expansion * D}, more than the "
-                f"MLP-memory kernel holds on chip (D·F ≤ {MAX_WEIGHT_TILE}); use backend='torch'")
+                f"MLP-memory kernel holds on chip (D·F ≤ {MAX_WEIGHT_TILE}, e.g. D=32 at expansion 4); use "
+                "backend='torch'")
+    if dot_block(chunk_size) > MAX_CHUNK:
+        return f"chunk_size: the MLP-memory kernel takes chunks of at most {MAX_CHUNK} tokens, not {chunk_size}"
     return None

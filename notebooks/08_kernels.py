@@ -46,6 +46,7 @@ def _():
     | exact, delta rule (`l2`, `gd`/`implicit`, retention `none`/`l2`) | `delta_rule`: UT transform per chunk | one chunk's $K$, $V$ and the state $W$ |
     | exact, any other linear spec | `recurrent`: one token at a time | the state $A$ (and momentum $S$) |
     | mini-batch `chunk_size=C` (`dot`, `l2`, `lp`, `huber`) | `minibatch`: the dual form with `tl.dot` | the state and one chunk |
+    | mini-batch, MLP memory (ttt_mlp, titans, yaad, moneta, memora) | `mlp_minibatch`: one chunk per call, its backward through LayerNorm and GELU twice | both weight matrices and one chunk |
 
     **What you will learn:** that a kernel is only worth its speed if it computes *the same function*:
     here you run a kernel and the torch reference side by side, compare outputs **and gradients**, and

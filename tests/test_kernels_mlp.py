@@ -124,10 +124,13 @@ def test_bfloat16_inputs_match_float32():
 
 
 def test_limits():
-    q = torch.zeros(1, 1, 4, 256)
+    """What does not fit an H100's shared memory is refused (`backend="auto"` then runs torch)."""
+    q = torch.zeros(1, 1, 4, 64)
     assert "chunk_size" in mlp_minibatch.limits(q[..., :8], q[..., :8], MLP, None)
-    assert "D=256" in mlp_minibatch.limits(q, q, MLP, 16)
-    assert mlp_minibatch.limits(q[..., :128], q[..., :128], MLP, 16) is None
+    assert "D=64" in mlp_minibatch.limits(q, q, MLP, 16)
+    assert mlp_minibatch.limits(q[..., :32], q[..., :32], MLP, 16) is None
+    assert mlp_minibatch.limits(q[..., :64], q[..., :64], MLP.replace(expansion=1), 16) is None
+    assert "chunk_size" in mlp_minibatch.limits(q[..., :32], q[..., :32], MLP, 64)
     with pytest.raises(KernelLimit, match="float64"):
         mlp_minibatch.mlp_minibatch_scan(*(q[..., :8].double(),) * 3, None, None, None, None, MLP, None, None, 4)
 
