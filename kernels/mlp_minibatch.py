@@ -200,6 +200,21 @@ def _tiles(D, F, Cn, BC: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr):
 
 
 @triton.jit
+def _load_chunk(q, k, v, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, i_bh, qkv_sbh, Cn, D, F, rows, rows_ok, d_cols,
+                d_ok, f_cols, f_ok, MOMENTUM: tl.constexpr):
+    """What a program reads besides the rates: ((Q, K, V), M, (W, U, S_W, S_U), (ρ_W, ρ_U), (b_C, γ_C, Θ))."""
+    Q = _load_rows(q + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
+    K = _load_rows(k + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
+    V = _load_rows(v + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
+    M = _load_rows(mix + i_bh * Cn * Cn, Cn, rows, rows_ok, rows, Cn)
+    weights = _load_weights(Wp, Up, SWp, SUp, i_bh, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM)
+    rho_w = tl.load(rho_wp + i_bh * D + d_cols, mask=d_ok, other=0.0)
+    rho_u = tl.load(rho_up + i_bh * F + f_cols, mask=f_ok, other=0.0)
+    ends += i_bh * _N_ENDS
+    return (Q, K, V), M, weights, (rho_w, rho_u), (tl.load(ends), tl.load(ends + 1), tl.load(ends + 2))
+
+
+@triton.jit
 def _inner_gradient(K, V, W, U, gradient_w, gradient_u, delta, d_ok, D, p, eps, robust,
                     BIAS: tl.constexpr, HUBER_MODE: tl.constexpr, PRECISION: tl.constexpr):
     """The forward and inner gradient at the gradient point: (K W, H, A U, N, 1/σ, E, G, D_Z, D_Z Uᵀ, D_H)."""
@@ -264,15 +279,11 @@ def _forward_kernel(
     """One (batch·head) program: the chunk's read O and end weights (module docstring)."""
     i_bh = tl.program_id(0).to(tl.int64)
     rows, rows_ok, d_cols, d_ok, f_cols, f_ok = _tiles(D, F, Cn, BC, BD, BF)
-    Q = _load_rows(q + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
-    K = _load_rows(k + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
-    V = _load_rows(v + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
+    (Q, K, V), M, (W, U, SW, SU), (rho_w, rho_u), (b_last, gamma_last, theta_prod_last) = _load_chunk(
+        q, k, v, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, i_bh, qkv_sbh, Cn, D, F, rows, rows_ok, d_cols, d_ok,
+        f_cols, f_ok, MOMENTUM)
     eta, b, gamma, theta_mix_last, gradient_w, gradient_u, read_w, read_u, delta, mix_last = _load_rates(
         rates + i_bh * _N_RATES * Cn, Cn, rows, rows_ok)
-    M = _load_rows(mix + i_bh * Cn * Cn, Cn, rows, rows_ok, rows, Cn)
-    W, U, SW, SU = _load_weights(Wp, Up, SWp, SUp, i_bh, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM)
-    rho_w = tl.load(rho_wp + i_bh * D + d_cols, mask=d_ok, other=0.0)
-    rho_u = tl.load(rho_up + i_bh * F + f_cols, mask=f_ok, other=0.0)
 
     _, H, _, _, _, _, _, DZ, _, DH = _inner_gradient(K, V, W, U, gradient_w, gradient_u, delta, d_ok, D, p, eps,
                                                     robust, BIAS, HUBER_MODE, PRECISION)
@@ -284,8 +295,6 @@ def _forward_kernel(
     O = Q + _layer_norm(read_u[:, None] * bracket_u, d_ok, D)[0]
     store_block(o + i_bh * o_sbh, D, rows, rows_ok, d_cols, D, O)
 
-    ends += i_bh * _N_ENDS
-    b_last, gamma_last, theta_prod_last = tl.load(ends), tl.load(ends + 1), tl.load(ends + 2)
     W_end, SW_end = _end_weights(W, SW, X_w, eta_DH, mix_last, theta_mix_last, b_last, gamma_last, theta_prod_last,
                                  MOMENTUM, PRECISION)
     U_end, SU_end = _end_weights(U, SU, X_u, eta_DZ, mix_last, theta_mix_last, b_last, gamma_last, theta_prod_last,
@@ -396,20 +405,14 @@ def _backward_kernel(
     """One (batch·head) program: recompute the chunk, then every input's gradient from dO and the end weights'."""
     i_bh = tl.program_id(0).to(tl.int64)
     rows, rows_ok, d_cols, d_ok, f_cols, f_ok = _tiles(D, F, Cn, BC, BD, BF)
-    Q = _load_rows(q + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
-    K = _load_rows(k + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
-    V = _load_rows(v + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
-    dO_n = _load_rows(dO + i_bh * o_sbh, D, rows, rows_ok, d_cols, D)
+    (Q, K, V), M, (W, U, SW, SU), (rho_w, rho_u), (b_last, gamma_last, theta_prod_last) = _load_chunk(
+        q, k, v, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, i_bh, qkv_sbh, Cn, D, F, rows, rows_ok, d_cols, d_ok,
+        f_cols, f_ok, MOMENTUM)
     eta, b, gamma, theta_mix_last, gradient_w, gradient_u, read_w, read_u, delta, mix_last = _load_rates(
         rates + i_bh * _N_RATES * Cn, Cn, rows, rows_ok)
-    M = _load_rows(mix + i_bh * Cn * Cn, Cn, rows, rows_ok, rows, Cn)
-    W, U, SW, SU = _load_weights(Wp, Up, SWp, SUp, i_bh, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM)
+    dO_n = _load_rows(dO + i_bh * o_sbh, D, rows, rows_ok, d_cols, D)
     dW_end, dU_end, dSW_end, dSU_end = _load_weights(dW_endp, dU_endp, dSW_endp, dSU_endp, i_bh, D, F, d_cols, d_ok,
                                                      f_cols, f_ok, MOMENTUM)
-    rho_w = tl.load(rho_wp + i_bh * D + d_cols, mask=d_ok, other=0.0)
-    rho_u = tl.load(rho_up + i_bh * F + f_cols, mask=f_ok, other=0.0)
-    ends += i_bh * _N_ENDS
-    b_last, gamma_last, theta_prod_last = tl.load(ends), tl.load(ends + 1), tl.load(ends + 2)
 
     # the forward again
     KW, H, AU, N, inv_std, E, G, DZ, DZ_Ut, DH = _inner_gradient(K, V, W, U, gradient_w, gradient_u, delta, d_ok, D,
