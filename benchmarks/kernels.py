@@ -17,7 +17,8 @@ recurrent 6D² (read, error, write); dual mini-batch 4CD + 6D²; UT delta rule 1
 loop only up to --loop-max-t); without one, torch rows run in float32 at small sizes and each Triton
 kernel gets an interpreted smoke run (TRITON_INTERPRET=1: a correctness run, not a speed).
 Writes a parquet file and an Altair chart (HTML) and prints the measured ratios next to the targets in
-kernels/README.md.
+kernels/README.md. `bench_rows` and `target_ratios` give the same rows and ratios as plain dicts, without polars
+(what `benchmarks.gpu_check` uses).
 """
 
 import os
@@ -33,8 +34,6 @@ if not torch.cuda.is_available():
 import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import polars as pl  # noqa: E402
 
 from kernels.delta_rule import delta_rule_scan  # noqa: E402
 from kernels.minibatch import minibatch_scan  # noqa: E402
@@ -60,6 +59,8 @@ TARGETS = (  # the targets of kernels/README.md: (what, numerator method/spec, d
      ("torch/recurrent", "gated_deltanet"), 50.0),
 )
 COLUMNS = ("method", "spec", "T", "D", "passes", "seconds", "tokens_per_s", "tflops")
+GPU_GRID = dict(B=8, H=16, lengths=(1024, 4096, 16384), dims=(64, 128), dtype=torch.bfloat16, device="cuda")
+QUICK_GRID = dict(B=1, H=2, lengths=(32,), dims=(16,), dtype=torch.float32, device="cpu")
 
 
 # ------------------------------------------------------------------------------------- methods
@@ -153,47 +154,67 @@ def _measure(spec, run, inputs, repeats, device):
     return {"fwd": _seconds(forward, repeats, device), "fwd+bwd": _seconds(forward_backward, repeats, device)}
 
 
-def _fla_available():
+def fla_missing():
+    """Why flash-linear-attention's gated delta rule cannot be imported here (its error), or None when it can."""
     try:
         import fla.ops.gated_delta_rule  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    except Exception as error:  # an fla built for another triton fails with more than ImportError
+        return f"{type(error).__name__}: {error}"
+    return None
 
 
 def _grid(args, gpu):
     if gpu:
-        return dict(B=8, H=16, lengths=(1024, 4096, 16384), dims=(64, 128), dtype=torch.bfloat16, device="cuda")
+        return GPU_GRID
     if args.quick:
-        return dict(B=1, H=2, lengths=(32,), dims=(16,), dtype=torch.float32, device="cpu")
+        return QUICK_GRID
     return dict(B=1, H=4, lengths=(64, 1024, 4096), dims=(64,), dtype=torch.float32, device="cpu")
 
 
-def run_bench(args):
-    gpu = torch.cuda.is_available()
-    grid = _grid(args, gpu)
-    fla_available = _fla_available()
-    where = torch.cuda.get_device_name() if gpu else "CPU (no CUDA GPU; Triton kernels interpreted)"
-    print(f"# benchmarks.kernels on {where}; {machine_line()}; B={grid['B']} H={grid['H']} "
-          f"{str(grid['dtype']).removeprefix('torch.')}; fla {'installed' if fla_available else 'not installed'}",
-          flush=True)
-    records = []
+def bench_rows(args, grid, fla, errors=False):
+    """Yield the benchmark's rows, dicts of COLUMNS and `interpreted`, two per method and size (fwd, fwd+bwd), for
+    the sizes of `grid` (`GPU_GRID`'s keys) in its order, with fla's rows when `fla` (on CUDA). errors=True: a method
+    that raises at one size yields {method, spec, T, D, error} instead, and the next one runs."""
+    gpu = grid["device"] == "cuda"
     for D in grid["dims"]:
         for T in grid["lengths"]:
             inputs = _inputs(grid["B"], T, grid["H"], D, grid["dtype"], grid["device"])
-            for method, name, spec, run in _rows_to_run(gpu, fla_available):
+            for method, name, spec, run in _rows_to_run(gpu, fla):
                 if method == "torch/recurrent" and T > args.loop_max_t:
                     continue
                 if method.startswith("triton/") and not gpu and T > args.interpreted_max_t:
                     continue
-                for pass_name, seconds in _measure(spec, run, inputs, args.repeats, grid["device"]).items():
+                try:
+                    times = _measure(spec, run, inputs, args.repeats, grid["device"])
+                except Exception as error:
+                    if not errors:
+                        raise
+                    yield dict(method=method, spec=name, T=T, D=D, error=f"{type(error).__name__}: {error}")
+                    continue
+                for pass_name, seconds in times.items():
                     passes = 3 if pass_name == "fwd+bwd" else 1
                     flops = _flops_per_token(method, D) * grid["B"] * grid["H"] * T * passes
-                    records.append(dict(method=method, spec=name, T=T, D=D, passes=pass_name, seconds=seconds,
-                                        tokens_per_s=grid["B"] * T / seconds, tflops=flops / seconds / 1e12,
-                                        interpreted=method.startswith("triton/") and not gpu))
+                    yield dict(method=method, spec=name, T=T, D=D, passes=pass_name, seconds=seconds,
+                               tokens_per_s=grid["B"] * T / seconds, tflops=flops / seconds / 1e12,
+                               interpreted=method.startswith("triton/") and not gpu)
                 print(f"# {method:24s} {name:15s} T={T:6d} D={D:4d} done", file=sys.stderr, flush=True)
-    frame = pl.DataFrame(records)
+
+
+def run_bench(args):
+    """Time every row, print the table and the targets, write the parquet file and the chart; the rows as a
+    polars DataFrame."""
+    import polars as pl
+
+    gpu = torch.cuda.is_available()
+    grid = _grid(args, gpu)
+    fla_error = fla_missing()
+    where = torch.cuda.get_device_name() if gpu else "CPU (no CUDA GPU; Triton kernels interpreted)"
+    print(f"# benchmarks.kernels on {where}; {machine_line()}; B={grid['B']} H={grid['H']} "
+          f"{str(grid['dtype']).removeprefix('torch.')}; fla {'not usable' if fla_error else 'installed'}",
+          flush=True)
+    if fla_error and gpu:
+        print(f"# fla: {fla_error}", file=sys.stderr, flush=True)
+    frame = pl.DataFrame(list(bench_rows(args, grid, fla_error is None)))
     _report(frame, args.out)
     return frame
 
@@ -202,7 +223,7 @@ def _report(frame, out):
     print_table(COLUMNS, [(r["method"], r["spec"], r["T"], r["D"], r["passes"], f"{r['seconds']:.4g}",
                            f"{r['tokens_per_s']:.4g}", f"{r['tflops']:.4g}") for r in frame.iter_rows(named=True)])
     print("# interpreted Triton rows (CPU) check that the kernels run; their times are not speeds", flush=True)
-    _print_targets(frame)
+    _print_targets(frame.to_dicts())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.write_parquet(out)
@@ -210,24 +231,35 @@ def _report(frame, out):
     print(f"# wrote {out} and {out.with_suffix('.html')}", flush=True)
 
 
-def _print_targets(frame):
+def target_ratios(rows):
+    """The targets in kernels/README.md against `bench_rows`' rows: a dict (what, T, D, ratio, target, needs) per
+    target and size where both of its methods ran fwd+bwd uninterpreted, `ratio` the first's tokens/s over the
+    second's; a target with no such size gets one dict with T, D and ratio None."""
+    speed = {(r["method"], r["spec"], r["T"], r["D"]): r["tokens_per_s"] for r in rows
+             if r.get("passes") == "fwd+bwd" and not r["interpreted"]}
+    ratios = []
+    for what, numerator, denominator, target in TARGETS:
+        needs = "a GPU and fla" if "fla" in denominator[0] else "a GPU"
+        sizes = [(T, D) for method, spec, T, D in speed
+                 if (method, spec) == numerator and (*denominator, T, D) in speed]
+        measured = [dict(what=what, T=T, D=D, ratio=speed[(*numerator, T, D)] / speed[(*denominator, T, D)],
+                         target=target, needs=needs) for T, D in sizes]
+        ratios += measured or [dict(what=what, T=None, D=None, ratio=None, target=target, needs=needs)]
+    return ratios
+
+
+def _print_targets(rows):
     """The targets in kernels/README.md (throughput of one row over another, fwd+bwd), each next to its ratio."""
-    speed = frame.filter(pl.col("passes") == "fwd+bwd", ~pl.col("interpreted"))
-    for what, (num_method, num_spec), (den_method, den_spec), target in TARGETS:
-        num = speed.filter(method=num_method, spec=num_spec)
-        den = speed.filter(method=den_method, spec=den_spec)
-        joined = num.join(den, on=["T", "D"], suffix="_base")
-        if joined.is_empty():
-            needs = "a GPU and fla" if "fla" in den_method else "a GPU"
-            print(f"# {what}: not measured here (needs {needs}); target >= {target}x")
-            continue
-        for row in joined.iter_rows(named=True):
-            ratio = row["tokens_per_s"] / row["tokens_per_s_base"]
-            print(f"# {what} at T={row['T']} D={row['D']}: {ratio:.2f}x (target >= {target}x)")
+    for r in target_ratios(rows):
+        if r["ratio"] is None:
+            print(f"# {r['what']}: not measured here (needs {r['needs']}); target >= {r['target']}x")
+        else:
+            print(f"# {r['what']} at T={r['T']} D={r['D']}: {r['ratio']:.2f}x (target >= {r['target']}x)")
 
 
 def _chart(frame):
     import altair as alt
+    import polars as pl
 
     return (
         alt.Chart(frame.filter(~pl.col("interpreted")))
