@@ -19,14 +19,19 @@ M [C, C] (`optimizer.chunk_mix`):
     chunk-end weights (m = M's last row, μ = L_θ's last row, Θ = Π θ):
         W' = b_C W + γ_C S_W − X_Wᵀ (m ⊙ η ⊙ D_H),   S_W' = Θ S_W − X_Wᵀ (μ ⊙ η ⊙ D_H),   and the same for U.
 
-The backward kernel recomputes the chunk and walks these lines in reverse, second derivatives included (LN's
-backward differentiated w.r.t. Z, GELU''(h) = φ(h)(2 − h²)): `_inner_gradient_backward` is the derivation. It
-returns the gradient of every input, rates and mix included; the host's torch ops that form the rates from α, θ
-and the chunk's scales carry it on to them.
+The weights are never held whole: each kernel loops over blocks of BF hidden units (W[:, f], U[f, :], BD·BF ≤
+`WEIGHT_BLOCK`), and what crosses blocks is summed in the loop (A U and A·ρ_U for LN(Z) and the natural inputs;
+A_q X_Uᵀ, A_q U, A_q S_U for the read's second layer). The forward takes two passes over the blocks (the inner
+forward's sums, then the read and the end weights). The backward recomputes those and takes two more: one sums
+what its later steps need from every block (the first read layer's scores against dY, dT U, X_U dU', Σ dX_U ⊙ ρ_U),
+the other forms each block's weight gradients; between them, the gradient goes back through D_Z = LN'(Z)ᵀ G, LN
+differentiated twice (`_inner_gradient_backward`). It returns the gradient of every input, rates and mix
+included; the host's torch ops that form the rates from α, θ and the chunk's scales carry it on to them.
 
-Every tile is held whole (C, D and F rounded up to powers of two ≥ 16, masked), so the kernel takes D·F ≤
-`MAX_WEIGHT_TILE` (the shared memory of an H100) and chunks of at most `MAX_CHUNK` tokens; inputs may be float32,
-bfloat16 or float16, and everything is computed in float32.
+So a (batch, head) program needs on chip [C, D] tiles and a few [D, BF] weight blocks whatever E is: compiled for
+sm_90, D = 64 (BF = 64) takes 77 KiB of shared memory forward and 138 KiB backward, D = 128 with C = 32 (BF = 32)
+84 KiB and 152 KiB, within an H100's 227 KiB. The kernel takes D ≤ `MAX_D` and chunks of at most `MAX_CHUNK`
+tokens; inputs may be float32, bfloat16 or float16, and everything is computed in float32.
 """
 
 import math
@@ -35,7 +40,6 @@ import torch
 import triton
 import triton.language as tl
 
-from miras_lite import optimizer
 from miras_lite.memory import LAYER_NORM_EPS
 from miras_lite.ops.boundary import _chunk_end, _Chunks
 from miras_lite.ops.minibatch import chunk_decays, chunk_groups
@@ -43,13 +47,11 @@ from miras_lite.ops.recurrent import exact_step
 from miras_lite.retention import scaled_readout
 
 from . import KernelLimit
-from .common import (DOT_PRECISION, dot, dot_block, dtype_limit, huber_delta_slope, load_block, needs_grad, power,
+from .common import (DOT_PRECISION, MIN_DOT_BLOCK, dot, dot_block, dtype_limit, huber_delta_slope, load_block,
                      separable_bias_gradient, separable_bias_slope, store_block, tuning_configs)
 
-# D·F (each rounded up to a power of two) of one weight matrix whose kernels fit an H100's 227 KiB of shared memory,
-# compiled for sm_90 (C = 16, momentum): D = 32 at E = 4 takes 64 KiB forward and 144 KiB backward; D = 64 at E = 4
-# would take 256 KiB and 544 KiB.
-MAX_WEIGHT_TILE = 32 * 128
+WEIGHT_BLOCK = 4096  # BD·BF: the elements of one weight matrix's block of hidden units a loop step holds
+MAX_D = 128  # feature columns (rounded up to a power of two) whose tiles fit, measured by compiling for sm_90
 MAX_CHUNK = 32
 RATES = ("eta", "b", "gamma", "theta_mix_last", "gradient_scale_w", "gradient_scale_u", "read_scale_w",
          "read_scale_u", "delta", "mix_last")  # the rows of the per-chunk `rates` tensor
@@ -181,85 +183,143 @@ def _load_rates(rates, Cn, rows, rows_ok):
 
 
 @triton.jit
-def _load_weights(Wp, Up, SWp, SUp, i_bh, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM: tl.constexpr):
-    """(W, U, S_W, S_U) of this head; without momentum S_W, S_U are W, U (never read)."""
-    W = _load_rows(Wp + i_bh * D * F, F, d_cols, d_ok, f_cols, F)
-    U = _load_rows(Up + i_bh * F * D, D, f_cols, f_ok, d_cols, D)
+def _weight_blocks(Wp, Up, SWp, SUp, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM: tl.constexpr):
+    """Hidden block f of this head's (W, U, S_W, S_U): W[:, f], U[f, :]; without momentum S_W, S_U are W, U."""
+    W = _load_rows(Wp, F, d_cols, d_ok, f_cols, F)
+    U = _load_rows(Up, D, f_cols, f_ok, d_cols, D)
     SW, SU = W, U
     if MOMENTUM:
-        SW = _load_rows(SWp + i_bh * D * F, F, d_cols, d_ok, f_cols, F)
-        SU = _load_rows(SUp + i_bh * F * D, D, f_cols, f_ok, d_cols, D)
+        SW = _load_rows(SWp, F, d_cols, d_ok, f_cols, F)
+        SU = _load_rows(SUp, D, f_cols, f_ok, d_cols, D)
     return W, U, SW, SU
 
 
 @triton.jit
-def _tiles(D, F, Cn, BC: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr):
-    """(rows, rows_ok, feature cols, ok, hidden cols, ok) of one chunk."""
-    rows, d_cols, f_cols = tl.arange(0, BC), tl.arange(0, BD), tl.arange(0, BF)
-    return rows, rows < Cn, d_cols, d_cols < D, f_cols, f_cols < F
+def _store_weight_blocks(Wp, Up, SWp, SUp, D, F, d_cols, d_ok, f_cols, f_ok, W, U, SW, SU, MOMENTUM: tl.constexpr):
+    store_block(Wp, F, d_cols, d_ok, f_cols, F, W)
+    store_block(Up, D, f_cols, f_ok, d_cols, D, U)
+    if MOMENTUM:
+        store_block(SWp, F, d_cols, d_ok, f_cols, F, SW)
+        store_block(SUp, D, f_cols, f_ok, d_cols, D, SU)
 
 
 @triton.jit
-def _load_chunk(q, k, v, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, i_bh, qkv_sbh, Cn, D, F, rows, rows_ok, d_cols,
-                d_ok, f_cols, f_ok, MOMENTUM: tl.constexpr):
-    """What a program reads besides the rates: ((Q, K, V), M, (W, U, S_W, S_U), (ρ_W, ρ_U), (b_C, γ_C, Θ))."""
+def _load_chunk(q, k, v, rates, mix, ends, rho_wp, i_bh, qkv_sbh, Cn, D, BC: tl.constexpr, BD: tl.constexpr):
+    """What a program reads besides the weights: (rows, rows_ok, d_cols, d_ok), (Q, K, V), the `RATES` rows, M,
+    ρ_W and (b_C, γ_C, Θ)."""
+    rows, d_cols = tl.arange(0, BC), tl.arange(0, BD)
+    rows_ok, d_ok = rows < Cn, d_cols < D
     Q = _load_rows(q + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
     K = _load_rows(k + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
     V = _load_rows(v + i_bh * qkv_sbh, D, rows, rows_ok, d_cols, D)
+    rates = _load_rates(rates + i_bh * _N_RATES * Cn, Cn, rows, rows_ok)
     M = _load_rows(mix + i_bh * Cn * Cn, Cn, rows, rows_ok, rows, Cn)
-    weights = _load_weights(Wp, Up, SWp, SUp, i_bh, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM)
     rho_w = tl.load(rho_wp + i_bh * D + d_cols, mask=d_ok, other=0.0)
-    rho_u = tl.load(rho_up + i_bh * F + f_cols, mask=f_ok, other=0.0)
     ends += i_bh * _N_ENDS
-    return (Q, K, V), M, weights, (rho_w, rho_u), (tl.load(ends), tl.load(ends + 1), tl.load(ends + 2))
+    return ((rows, rows_ok, d_cols, d_ok), (Q, K, V), rates, M, rho_w,
+            (tl.load(ends), tl.load(ends + 1), tl.load(ends + 2)))
+
+
+# ---------------------------------------------------------------------------- chunk math, by hidden block
+# Each function below that takes a hidden block f computes what depends on W[:, f], U[f, :] only; the sums over
+# blocks (A U, the read's second layer, ...) are carried by the loops of the kernels.
 
 
 @triton.jit
-def _inner_gradient(K, V, W, U, gradient_w, gradient_u, delta, d_ok, D, p, eps, robust,
-                    BIAS: tl.constexpr, HUBER_MODE: tl.constexpr, PRECISION: tl.constexpr):
-    """The forward and inner gradient at the gradient point: (K W, H, A U, N, 1/σ, E, G, D_Z, D_Z Uᵀ, D_H)."""
-    KW = dot(K, W, tl.float32, PRECISION)
-    H = gradient_w[:, None] * KW
-    AU = dot(_gelu(H), U, tl.float32, PRECISION)
+def _hidden_sums(K, Wp, Up, rho_up, gradient_w, simplex_scale, D, F, d_cols, d_ok, BC: tl.constexpr,
+                 BD: tl.constexpr, BF: tl.constexpr, NATURAL: tl.constexpr, PRECISION: tl.constexpr):
+    """The inner forward's sums over hidden blocks: (A U, A·ρ_U) with A = GELU(r_W ⊙ (K W))."""
+    AU = tl.zeros([BC, BD], tl.float32)
+    A_rho = tl.zeros([BC], tl.float32)
+    for f0 in range(0, F, BF):
+        f_cols = f0 + tl.arange(0, BF)
+        f_ok = f_cols < F
+        W = _load_rows(Wp, F, d_cols, d_ok, f_cols, F)
+        U = _load_rows(Up, D, f_cols, f_ok, d_cols, D)
+        A = _gelu(gradient_w[:, None] * dot(K, W, tl.float32, PRECISION))
+        AU += dot(A, U, tl.float32, PRECISION)
+        if NATURAL:
+            A_rho += tl.sum(A * tl.load(rho_up + f_cols, mask=f_ok, other=0.0)[None, :], 1)
+    return AU, A_rho
+
+
+@triton.jit
+def _inner_gradient(K, V, AU, gradient_u, delta, d_ok, D, p, eps, robust, BIAS: tl.constexpr,
+                    HUBER_MODE: tl.constexpr):
+    """The inner loss's gradient w.r.t. Z = r_U ⊙ (A U): (N, 1/σ, E, G, D_Z) with E = K + LN(Z) − V, G = φ(E)."""
     N, inv_std = _layer_norm(gradient_u[:, None] * AU, d_ok, D)
     E = K + N - V
     G = _bias_gradient(E, V, delta[:, None], p, eps, robust, BIAS, HUBER_MODE)
-    DZ = _layer_norm_backward(G, N, inv_std, d_ok, D)
-    DZ_Ut = dot(DZ, tl.trans(U), tl.float32, PRECISION)
-    return KW, H, AU, N, inv_std, E, G, DZ, DZ_Ut, gradient_u[:, None] * DZ_Ut * _gelu_slope(H)
+    return N, inv_std, E, G, _layer_norm_backward(G, N, inv_std, d_ok, D)
 
 
 @triton.jit
-def _update_inputs(K, A, rho_w, rho_u, simplex_scale, NATURAL: tl.constexpr):
-    """(X_W, X_U): K and A, or their natural inputs (kl)."""
+def _hidden_block(Q, K, DZ, W, U, SW, scores_w, rho_u, A_rho, eta, b, gamma, gradient_w, gradient_u, read_w,
+                  simplex_scale, NATURAL: tl.constexpr, MOMENTUM: tl.constexpr, PRECISION: tl.constexpr):
+    """Block f of every [C, F] quantity of the chunk:
+    (K W, H, GELU'(H), T = D_Z Uᵀ, D_H, η ⊙ D_H, Q W, Q S_W, the first read layer's bracket, H_q, A_q, A, X_U).
+
+    H = r_W ⊙ (K W), D_H = r_U ⊙ T ⊙ GELU'(H), bracket = b ⊙ (Q W) + γ ⊙ (Q S_W) − ((Q X_Wᵀ) ⊙ M)(η ⊙ D_H),
+    H_q = s_W ⊙ bracket, A_q = GELU(H_q); X_U = A = GELU(H), or kl's natural inputs of A (with A·ρ_U summed over
+    every block)."""
+    KW = dot(K, W, tl.float32, PRECISION)
+    H = gradient_w[:, None] * KW
+    slope = _gelu_slope(H)
+    T = dot(DZ, tl.trans(U), tl.float32, PRECISION)
+    DH = gradient_u[:, None] * T * slope
+    eta_DH = eta[:, None] * DH
+    QW = dot(Q, W, tl.float32, PRECISION)
+    bracket = b[:, None] * QW - dot(scores_w, eta_DH, tl.float32, PRECISION)
+    QSW = QW
+    if MOMENTUM:
+        QSW = dot(Q, SW, tl.float32, PRECISION)
+        bracket += gamma[:, None] * QSW
+    H_q = read_w[:, None] * bracket
+    A = _gelu(H)
+    X_u = A
     if NATURAL:
-        return _natural(K, rho_w, simplex_scale), _natural(A, rho_u, simplex_scale)
-    return K, A
+        X_u = rho_u[None, :] * (A - (A_rho / simplex_scale)[:, None])
+    return KW, H, slope, T, DH, eta_DH, QW, QSW, bracket, H_q, _gelu(H_q), A, X_u
 
 
 @triton.jit
-def _dual_layer(X_in, W, S, X, scaled_grads, b, gamma, mix, MOMENTUM: tl.constexpr, PRECISION: tl.constexpr):
-    """(the bracket b ⊙ (X_in W) + γ ⊙ (X_in S) − ((X_in Xᵀ) ⊙ M) ηD, X_in W, X_in S, X_in Xᵀ)."""
-    XW = dot(X_in, W, tl.float32, PRECISION)
-    scores = dot(X_in, tl.trans(X), tl.float32, PRECISION)
-    bracket = b[:, None] * XW - dot(scores * mix, scaled_grads, tl.float32, PRECISION)
-    XS = XW
-    if MOMENTUM:
-        XS = dot(X_in, S, tl.float32, PRECISION)
-        bracket += gamma[:, None] * XS
-    return bracket, XW, XS, scores
-
-
-@triton.jit
-def _end_weights(W, S, X, scaled_grads, mix_last, theta_mix_last, b_last, gamma_last, theta_prod_last,
-                 MOMENTUM: tl.constexpr, PRECISION: tl.constexpr):
-    """(W', S') = (b_C W + γ_C S − Xᵀ (m ⊙ ηD), Θ S − Xᵀ (μ ⊙ ηD)); S' = S without momentum."""
-    W_end = b_last * W - dot(tl.trans(X), mix_last[:, None] * scaled_grads, tl.float32, PRECISION)
-    S_end = S
-    if MOMENTUM:
-        W_end += gamma_last * S
-        S_end = theta_prod_last * S - dot(tl.trans(X), theta_mix_last[:, None] * scaled_grads, tl.float32, PRECISION)
-    return W_end, S_end
+def _read_sums(Q, K, X_w, DZ, eta_DZ, scores_w, rho_up, A_rho, eta, b, gamma, gradient_w, gradient_u, read_w,
+               mix_last, theta_mix_last, b_last, gamma_last, theta_prod_last, Wp, Up, SWp, SUp, W_endp, U_endp,
+               SW_endp, SU_endp, simplex_scale, D, F, d_cols, d_ok, BC: tl.constexpr, BD: tl.constexpr,
+               BF: tl.constexpr, NATURAL: tl.constexpr, MOMENTUM: tl.constexpr, STORE_END: tl.constexpr,
+               PRECISION: tl.constexpr):
+    """The second read layer's sums over hidden blocks, (A_q X_Uᵀ, A_q U, A_q S_U), and, if STORE_END, each
+    block of the chunk-end weights: W' = b_C W + γ_C S_W − X_Wᵀ (m ⊙ η ⊙ D_H), S_W' = Θ S_W − X_Wᵀ (μ ⊙ η ⊙ D_H),
+    U' = b_C U + γ_C S_U − X_Uᵀ (m ⊙ η ⊙ D_Z), S_U' = Θ S_U − X_Uᵀ (μ ⊙ η ⊙ D_Z)."""
+    scores_u = tl.zeros([BC, BC], tl.float32)
+    AqU = tl.zeros([BC, BD], tl.float32)
+    AqSU = tl.zeros([BC, BD], tl.float32)
+    for f0 in range(0, F, BF):
+        f_cols = f0 + tl.arange(0, BF)
+        f_ok = f_cols < F
+        W, U, SW, SU = _weight_blocks(Wp, Up, SWp, SUp, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM)
+        rho_u = tl.load(rho_up + f_cols, mask=f_ok, other=0.0)
+        _, _, _, _, _, eta_DH, _, _, _, _, A_q, _, X_u = _hidden_block(
+            Q, K, DZ, W, U, SW, scores_w, rho_u, A_rho, eta, b, gamma, gradient_w, gradient_u, read_w, simplex_scale,
+            NATURAL, MOMENTUM, PRECISION)
+        scores_u += dot(A_q, tl.trans(X_u), tl.float32, PRECISION)
+        AqU += dot(A_q, U, tl.float32, PRECISION)
+        if MOMENTUM:
+            AqSU += dot(A_q, SU, tl.float32, PRECISION)
+        if STORE_END:
+            W_end = b_last * W - dot(tl.trans(X_w), mix_last[:, None] * eta_DH, tl.float32, PRECISION)
+            U_end = b_last * U - dot(tl.trans(X_u), mix_last[:, None] * eta_DZ, tl.float32, PRECISION)
+            SW_end, SU_end = W_end, U_end
+            if MOMENTUM:
+                W_end += gamma_last * SW
+                U_end += gamma_last * SU
+                SW_end = theta_prod_last * SW - dot(tl.trans(X_w), theta_mix_last[:, None] * eta_DH, tl.float32,
+                                                    PRECISION)
+                SU_end = theta_prod_last * SU - dot(tl.trans(X_u), theta_mix_last[:, None] * eta_DZ, tl.float32,
+                                                    PRECISION)
+            _store_weight_blocks(W_endp, U_endp, SW_endp, SU_endp, D, F, d_cols, d_ok, f_cols, f_ok, W_end, U_end,
+                                 SW_end, SU_end, MOMENTUM)
+    return scores_u, AqU, AqSU
 
 
 # -------------------------------------------------------------------------------------- kernels
@@ -268,129 +328,103 @@ _CONFIGS = [triton.Config({}, num_warps=warps, num_stages=stages) for warps in (
 _KEY = ["BC", "BD", "BF", "BIAS", "HUBER_MODE", "MOMENTUM", "NATURAL"]
 
 
+@triton.jit
+def _chunk_forward(q, k, v, rates, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, W_endp, U_endp, SW_endp, SU_endp,
+                   i_bh, qkv_sbh, Cn, D, F, p, eps, robust, simplex_scale, BIAS: tl.constexpr,
+                   HUBER_MODE: tl.constexpr, MOMENTUM: tl.constexpr, NATURAL: tl.constexpr, STORE_END: tl.constexpr,
+                   PRECISION: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr):
+    """The chunk's forward for program i_bh, in two passes over hidden blocks (and the end weights if STORE_END);
+    returns what the backward also needs, in groups."""
+    tiles, (Q, K, V), rates, M, rho_w, ends_ = _load_chunk(q, k, v, rates, mix, ends, rho_wp, i_bh, qkv_sbh, Cn, D,
+                                                           BC, BD)
+    rows, rows_ok, d_cols, d_ok = tiles
+    eta, b, gamma, theta_mix_last, gradient_w, gradient_u, read_w, read_u, delta, mix_last = rates
+    b_last, gamma_last, theta_prod_last = ends_
+    head_w, head_u = i_bh * D * F, i_bh * F * D
+    AU, A_rho = _hidden_sums(K, Wp + head_w, Up + head_u, rho_up + i_bh * F, gradient_w, simplex_scale, D, F, d_cols,
+                             d_ok, BC, BD, BF, NATURAL, PRECISION)
+    N, inv_std, E, G, DZ = _inner_gradient(K, V, AU, gradient_u, delta, d_ok, D, p, eps, robust, BIAS, HUBER_MODE)
+    X_w = K
+    if NATURAL:
+        X_w = _natural(K, rho_w, simplex_scale)
+    raw_scores_w = dot(Q, tl.trans(X_w), tl.float32, PRECISION)
+    eta_DZ = eta[:, None] * DZ
+    raw_scores_u, AqU, AqSU = _read_sums(
+        Q, K, X_w, DZ, eta_DZ, raw_scores_w * M, rho_up + i_bh * F, A_rho, eta, b, gamma, gradient_w, gradient_u,
+        read_w, mix_last, theta_mix_last, b_last, gamma_last, theta_prod_last, Wp + head_w, Up + head_u,
+        SWp + head_w, SUp + head_u, W_endp + head_w, U_endp + head_u, SW_endp + head_w, SU_endp + head_u,
+        simplex_scale, D, F, d_cols, d_ok, BC, BD, BF, NATURAL, MOMENTUM, STORE_END, PRECISION)
+    bracket_u = b[:, None] * AqU - dot(raw_scores_u * M, eta_DZ, tl.float32, PRECISION)
+    if MOMENTUM:
+        bracket_u += gamma[:, None] * AqSU
+    return (tiles, (Q, K, V), rates, M, rho_w, ends_, (AU, A_rho, N, inv_std, E, G, DZ, eta_DZ),
+            (X_w, raw_scores_w, raw_scores_u, AqU, AqSU, bracket_u))
+
+
 @triton.autotune(configs=tuning_configs(_CONFIGS), key=_KEY)
 @triton.jit
 def _forward_kernel(
-    q, k, v, rates, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, o, W_out, U_out, SW_out, SU_out,
+    q, k, v, rates, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, o, W_endp, U_endp, SW_endp, SU_endp,
     qkv_sbh, o_sbh, Cn, D, F, p, eps, robust, simplex_scale,
     BIAS: tl.constexpr, HUBER_MODE: tl.constexpr, MOMENTUM: tl.constexpr, NATURAL: tl.constexpr,
     PRECISION: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
 ):
-    """One (batch·head) program: the chunk's read O and end weights (module docstring)."""
+    """One (batch·head) program: the chunk's read O = Q + LN(s_U ⊙ bracket_U) and end weights (module docstring)."""
     i_bh = tl.program_id(0).to(tl.int64)
-    rows, rows_ok, d_cols, d_ok, f_cols, f_ok = _tiles(D, F, Cn, BC, BD, BF)
-    (Q, K, V), M, (W, U, SW, SU), (rho_w, rho_u), (b_last, gamma_last, theta_prod_last) = _load_chunk(
-        q, k, v, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, i_bh, qkv_sbh, Cn, D, F, rows, rows_ok, d_cols, d_ok,
-        f_cols, f_ok, MOMENTUM)
-    eta, b, gamma, theta_mix_last, gradient_w, gradient_u, read_w, read_u, delta, mix_last = _load_rates(
-        rates + i_bh * _N_RATES * Cn, Cn, rows, rows_ok)
-
-    _, H, _, _, _, _, _, DZ, _, DH = _inner_gradient(K, V, W, U, gradient_w, gradient_u, delta, d_ok, D, p, eps,
-                                                    robust, BIAS, HUBER_MODE, PRECISION)
-    X_w, X_u = _update_inputs(K, _gelu(H), rho_w, rho_u, simplex_scale, NATURAL)
-    eta_DH, eta_DZ = eta[:, None] * DH, eta[:, None] * DZ
-    bracket_w, _, _, _ = _dual_layer(Q, W, SW, X_w, eta_DH, b, gamma, M, MOMENTUM, PRECISION)
-    A_q = _gelu(read_w[:, None] * bracket_w)
-    bracket_u, _, _, _ = _dual_layer(A_q, U, SU, X_u, eta_DZ, b, gamma, M, MOMENTUM, PRECISION)
+    tiles, (Q, _, _), rates, _, _, _, _, (_, _, _, _, _, bracket_u) = _chunk_forward(
+        q, k, v, rates, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, W_endp, U_endp, SW_endp, SU_endp, i_bh, qkv_sbh,
+        Cn, D, F, p, eps, robust, simplex_scale, BIAS, HUBER_MODE, MOMENTUM, NATURAL, True, PRECISION, BC, BD, BF)
+    rows, rows_ok, d_cols, d_ok = tiles
+    read_u = rates[7]
     O = Q + _layer_norm(read_u[:, None] * bracket_u, d_ok, D)[0]
     store_block(o + i_bh * o_sbh, D, rows, rows_ok, d_cols, D, O)
 
-    W_end, SW_end = _end_weights(W, SW, X_w, eta_DH, mix_last, theta_mix_last, b_last, gamma_last, theta_prod_last,
-                                 MOMENTUM, PRECISION)
-    U_end, SU_end = _end_weights(U, SU, X_u, eta_DZ, mix_last, theta_mix_last, b_last, gamma_last, theta_prod_last,
-                                 MOMENTUM, PRECISION)
-    store_block(W_out + i_bh * D * F, F, d_cols, d_ok, f_cols, F, W_end)
-    store_block(U_out + i_bh * F * D, D, f_cols, f_ok, d_cols, D, U_end)
+
+@triton.jit
+def _block_backward(Q, K, X_w, DZ, eta_DZ, W, U, SW, SU, dW_end, dU_end, dSW_end, dSU_end, scores_w, rho_u,
+                    A_rho, Y2, R2, eta, b, gamma, gradient_w, gradient_u, read_w, mix_last, theta_mix_last,
+                    simplex_scale, NATURAL: tl.constexpr, MOMENTUM: tl.constexpr, PRECISION: tl.constexpr):
+    """Hidden block f of the backward, up to what needs sums over every block: the block's forward
+    (`_hidden_block`), then Y1 (the gradient of the first read layer's bracket), d(η ⊙ D_H), dT (of T = D_Z Uᵀ),
+    the part of dH that comes through D_H, dX_U, and the partial sums (dH_q ⊙ bracket, X_W dW', X_W dS_W')."""
+    KW, H, slope, T, DH, eta_DH, QW, QSW, bracket, H_q, A_q, A, X_u = _hidden_block(
+        Q, K, DZ, W, U, SW, scores_w, rho_u, A_rho, eta, b, gamma, gradient_w, gradient_u, read_w, simplex_scale,
+        NATURAL, MOMENTUM, PRECISION)
+    dA_q = b[:, None] * dot(Y2, tl.trans(U), tl.float32, PRECISION) - dot(R2, X_u, tl.float32, PRECISION)
+    dX_u = -(dot(tl.trans(R2), A_q, tl.float32, PRECISION)
+             + dot(mix_last[:, None] * eta_DZ, tl.trans(dU_end), tl.float32, PRECISION))
+    X_dW = dot(X_w, dW_end, tl.float32, PRECISION)
+    d_eta_DH = -mix_last[:, None] * X_dW
+    X_dSW = X_dW
     if MOMENTUM:
-        store_block(SW_out + i_bh * D * F, F, d_cols, d_ok, f_cols, F, SW_end)
-        store_block(SU_out + i_bh * F * D, D, f_cols, f_ok, d_cols, D, SU_end)
+        dA_q += gamma[:, None] * dot(Y2, tl.trans(SU), tl.float32, PRECISION)
+        dX_u -= dot(theta_mix_last[:, None] * eta_DZ, tl.trans(dSU_end), tl.float32, PRECISION)
+        X_dSW = dot(X_w, dSW_end, tl.float32, PRECISION)
+        d_eta_DH -= theta_mix_last[:, None] * X_dSW
+    dH_q = dA_q * _gelu_slope(H_q)
+    Y1 = read_w[:, None] * dH_q
+    d_eta_DH -= dot(tl.trans(scores_w), Y1, tl.float32, PRECISION)
+    dDH = eta[:, None] * d_eta_DH
+    dT = dDH * gradient_u[:, None] * slope
+    dH = dDH * gradient_u[:, None] * T * _gelu_curvature(H)
+    return (KW, slope, T, DH, eta_DH, QW, QSW, bracket, A_q, A, X_u), (Y1, dH_q, d_eta_DH, dDH, dT, dH, dX_u, X_dW,
+                                                                        X_dSW)
 
 
 @triton.jit
-def _inner_gradient_backward(K, V, W, U, KW, H, AU, N, inv_std, E, G, DZ, DZ_Ut, DH, eta, gradient_w, gradient_u,
-                             delta, d_eta_DH, d_eta_DZ, dX_w, dX_u, rho_w, rho_u, simplex_scale, d_ok, D, p, eps,
-                             robust, BIAS: tl.constexpr, HUBER_MODE: tl.constexpr, NATURAL: tl.constexpr,
-                             PRECISION: tl.constexpr):
-    """Gradients of K, V, W, U, η, r_W, r_U, δ, ρ_W, ρ_U from those of η ⊙ D_H, η ⊙ D_Z and the update inputs.
-
-    D_H = r_U ⊙ T ⊙ GELU'(H) with T = D_Z Uᵀ;  D_Z = LN'(Z)ᵀ G = (1/σ)(G − mean G − N m), m = mean(G ⊙ N), whose
-    derivative w.r.t. Z (for an upstream w) is −(1/σ)(mean(w ⊙ D_Z)) N + LN'(Z)ᵀ u,
-    u = −(1/σ)(m w + mean(w ⊙ N) G);  then E = K + LN(Z) − V, Z = r_U ⊙ (A U), A = GELU(H), H = r_W ⊙ (K W).
-    """
-    A = _gelu(H)
-    slope = _gelu_slope(H)
-    if NATURAL:
-        dK, d_rho_w = _natural_backward(K, rho_w, simplex_scale, dX_w)
-        dA, d_rho_u = _natural_backward(A, rho_u, simplex_scale, dX_u)
-    else:
-        dK, dA, d_rho_w, d_rho_u = dX_w, dX_u, tl.sum(dX_w, 0) * 0.0, tl.sum(dX_u, 0) * 0.0
-    d_eta = tl.sum(d_eta_DH * DH, 1) + tl.sum(d_eta_DZ * DZ, 1)
-    dDH, dDZ = eta[:, None] * d_eta_DH, eta[:, None] * d_eta_DZ
-    dT = dDH * gradient_u[:, None] * slope
-    dH = dDH * gradient_u[:, None] * DZ_Ut * _gelu_curvature(H)
-    d_gradient_u = tl.sum(dDH * DZ_Ut * slope, 1)
-    dDZ += dot(dT, U, tl.float32, PRECISION)
-    dU = dot(tl.trans(dT), DZ, tl.float32, PRECISION)
+def _inner_gradient_backward(K, V, N, inv_std, E, G, DZ, dDZ, delta, d_ok, D, p, eps, robust, BIAS: tl.constexpr,
+                             HUBER_MODE: tl.constexpr):
+    """(dZ, dK, dV, dδ) from dD_Z, through D_Z = LN'(Z)ᵀ G = (1/σ)(G − mean G − N m), m = mean(G ⊙ N), and
+    E = K + LN(Z) − V, G = φ(E). D_Z's derivative w.r.t. Z, for an upstream w, is −(1/σ) mean(w ⊙ D_Z) N + LN'(Z)ᵀ u
+    with u = −(1/σ)(m w + mean(w ⊙ N) G) (LN differentiated twice)."""
     dG = _layer_norm_backward(dDZ, N, inv_std, d_ok, D)
     m = tl.sum(G * N, 1)[:, None] / D
     u = -inv_std[:, None] * (m * dDZ + (tl.sum(dDZ * N, 1)[:, None] / D) * G)
     dZ = (-inv_std * tl.sum(dDZ * DZ, 1) / D)[:, None] * N + _layer_norm_backward(u, N, inv_std, d_ok, D)
-    if BIAS == "dot":
-        dV = -dG
-        d_delta = tl.zeros(d_eta.shape, tl.float32)
-    else:
-        dE, d_delta = _bias_backward(E, delta[:, None], dG, p, eps, robust, BIAS, HUBER_MODE)
-        dK += dE
-        dV = -dE
-        dZ += _layer_norm_backward(dE, N, inv_std, d_ok, D)
-    dA += gradient_u[:, None] * dot(dZ, tl.trans(U), tl.float32, PRECISION)
-    dU += dot(tl.trans(A), gradient_u[:, None] * dZ, tl.float32, PRECISION)
-    d_gradient_u += tl.sum(dZ * AU, 1)
-    dH += dA * slope
-    dK += gradient_w[:, None] * dot(dH, tl.trans(W), tl.float32, PRECISION)
-    dW = dot(tl.trans(K), gradient_w[:, None] * dH, tl.float32, PRECISION)
-    return dK, dV, dW, dU, d_eta, tl.sum(dH * KW, 1), d_gradient_u, d_delta, d_rho_w, d_rho_u
-
-
-@triton.jit
-def _end_weights_backward(W, S, X, scaled_grads, dW_end, dS_end, mix_last, theta_mix_last, b_last, gamma_last,
-                          theta_prod_last, MOMENTUM: tl.constexpr, PRECISION: tl.constexpr):
-    """From dW', dS' of `_end_weights`: (dW, dS, d(ηD), dX, dm, dμ, d b_C, d γ_C, dΘ) (S terms: momentum only)."""
-    X_dW = dot(X, dW_end, tl.float32, PRECISION)
-    d_scaled = -mix_last[:, None] * X_dW
-    dX = -dot(mix_last[:, None] * scaled_grads, tl.trans(dW_end), tl.float32, PRECISION)
-    d_mix_last = -tl.sum(scaled_grads * X_dW, 1)
-    d_b_last = tl.sum(tl.sum(W * dW_end, 1), 0)
-    dW, dS = b_last * dW_end, dW_end * 0.0
-    d_theta_mix_last = d_mix_last * 0.0
-    d_gamma_last, d_theta_prod_last = d_b_last * 0.0, d_b_last * 0.0
-    if MOMENTUM:
-        X_dS = dot(X, dS_end, tl.float32, PRECISION)
-        d_scaled -= theta_mix_last[:, None] * X_dS
-        dX -= dot(theta_mix_last[:, None] * scaled_grads, tl.trans(dS_end), tl.float32, PRECISION)
-        d_theta_mix_last = -tl.sum(scaled_grads * X_dS, 1)
-        dS = gamma_last * dW_end + theta_prod_last * dS_end
-        d_gamma_last = tl.sum(tl.sum(S * dW_end, 1), 0)
-        d_theta_prod_last = tl.sum(tl.sum(S * dS_end, 1), 0)
-    return dW, dS, d_scaled, dX, d_mix_last, d_theta_mix_last, d_b_last, d_gamma_last, d_theta_prod_last
-
-
-@triton.jit
-def _dual_layer_backward(X_in, W, S, X, scaled_grads, scores, XW, XS, Y, b, gamma, mix,
-                         MOMENTUM: tl.constexpr, PRECISION: tl.constexpr):
-    """From Y, the gradient of `_dual_layer`'s bracket: (dX_in, dW, dS, d(ηD), dX, dM, db, dγ)."""
-    R = dot(Y, tl.trans(scaled_grads), tl.float32, PRECISION)
-    dX_in = b[:, None] * dot(Y, tl.trans(W), tl.float32, PRECISION) - dot(R * mix, X, tl.float32, PRECISION)
-    dX = -dot(tl.trans(R * mix), X_in, tl.float32, PRECISION)
-    dW = dot(tl.trans(X_in), b[:, None] * Y, tl.float32, PRECISION)
-    d_scaled = -dot(tl.trans(scores * mix), Y, tl.float32, PRECISION)
-    d_b = tl.sum(Y * XW, 1)
-    dS, d_gamma = dW * 0.0, d_b * 0.0
-    if MOMENTUM:
-        dX_in += gamma[:, None] * dot(Y, tl.trans(S), tl.float32, PRECISION)
-        dS = dot(tl.trans(X_in), gamma[:, None] * Y, tl.float32, PRECISION)
-        d_gamma = tl.sum(Y * XS, 1)
-    return dX_in, dW, dS, d_scaled, dX, -R * scores, d_b, d_gamma
+    if BIAS == "dot":  # G = −V does not read E
+        return dZ, dG * 0.0, -dG, tl.sum(dG, 1) * 0.0
+    dE, d_delta = _bias_backward(E, delta[:, None], dG, p, eps, robust, BIAS, HUBER_MODE)
+    return dZ + _layer_norm_backward(dE, N, inv_std, d_ok, D), dE, -dE, d_delta
 
 
 @triton.autotune(configs=tuning_configs(_CONFIGS), key=_KEY)
@@ -402,87 +436,168 @@ def _backward_kernel(
     BIAS: tl.constexpr, HUBER_MODE: tl.constexpr, MOMENTUM: tl.constexpr, NATURAL: tl.constexpr,
     PRECISION: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
 ):
-    """One (batch·head) program: recompute the chunk, then every input's gradient from dO and the end weights'."""
+    """One (batch·head) program: the forward again, then every input's gradient from dO and the end weights', in
+    two more passes over hidden blocks: the first sums what crosses blocks (the first read layer's scores, dT U,
+    X_U dU', kl's Σ dX_U ⊙ ρ_U), the second forms each block's weight gradients."""
     i_bh = tl.program_id(0).to(tl.int64)
-    rows, rows_ok, d_cols, d_ok, f_cols, f_ok = _tiles(D, F, Cn, BC, BD, BF)
-    (Q, K, V), M, (W, U, SW, SU), (rho_w, rho_u), (b_last, gamma_last, theta_prod_last) = _load_chunk(
-        q, k, v, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, i_bh, qkv_sbh, Cn, D, F, rows, rows_ok, d_cols, d_ok,
-        f_cols, f_ok, MOMENTUM)
-    eta, b, gamma, theta_mix_last, gradient_w, gradient_u, read_w, read_u, delta, mix_last = _load_rates(
-        rates + i_bh * _N_RATES * Cn, Cn, rows, rows_ok)
+    (tiles, (Q, K, V), rates_, M, rho_w, ends_, (AU, A_rho, N, inv_std, E, G, DZ, eta_DZ),
+     (X_w, raw_scores_w, raw_scores_u, AqU, AqSU, bracket_u)) = _chunk_forward(
+        q, k, v, rates, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, Wp, Up, SWp, SUp, i_bh, qkv_sbh, Cn, D, F, p,
+        eps, robust, simplex_scale, BIAS, HUBER_MODE, MOMENTUM, NATURAL, False, PRECISION, BC, BD, BF)
+    rows, rows_ok, d_cols, d_ok = tiles
+    eta, b, gamma, theta_mix_last, gradient_w, gradient_u, read_w, read_u, delta, mix_last = rates_
+    b_last, gamma_last, theta_prod_last = ends_
+    head_w, head_u = i_bh * D * F, i_bh * F * D
+    Wp, Up, SWp, SUp = Wp + head_w, Up + head_u, SWp + head_w, SUp + head_u
+    dW_endp, dU_endp, dSW_endp, dSU_endp = dW_endp + head_w, dU_endp + head_u, dSW_endp + head_w, dSU_endp + head_u
+    dWp, dUp, dSWp, dSUp = dWp + head_w, dUp + head_u, dSWp + head_w, dSUp + head_u
+    rho_up, d_rho_up = rho_up + i_bh * F, d_rho_up + i_bh * F
+    scores_w = raw_scores_w * M
+
+    # the read's second layer: O = Q + LN(s_U ⊙ bracket_U)
     dO_n = _load_rows(dO + i_bh * o_sbh, D, rows, rows_ok, d_cols, D)
-    dW_end, dU_end, dSW_end, dSU_end = _load_weights(dW_endp, dU_endp, dSW_endp, dSU_endp, i_bh, D, F, d_cols, d_ok,
-                                                     f_cols, f_ok, MOMENTUM)
-
-    # the forward again
-    KW, H, AU, N, inv_std, E, G, DZ, DZ_Ut, DH = _inner_gradient(K, V, W, U, gradient_w, gradient_u, delta, d_ok, D,
-                                                                 p, eps, robust, BIAS, HUBER_MODE, PRECISION)
-    X_w, X_u = _update_inputs(K, _gelu(H), rho_w, rho_u, simplex_scale, NATURAL)
-    eta_DH, eta_DZ = eta[:, None] * DH, eta[:, None] * DZ
-    bracket_w, QW, QSW, scores_w = _dual_layer(Q, W, SW, X_w, eta_DH, b, gamma, M, MOMENTUM, PRECISION)
-    H_q = read_w[:, None] * bracket_w
-    A_q = _gelu(H_q)
-    bracket_u, AqU, AqSU, scores_u = _dual_layer(A_q, U, SU, X_u, eta_DZ, b, gamma, M, MOMENTUM, PRECISION)
     N_q, inv_std_q = _layer_norm(read_u[:, None] * bracket_u, d_ok, D)
-
-    # the chunk-end weights
-    dW, dSW, d_eta_DH, dX_w, d_mix_last, d_theta_mix_last, d_b_last, d_gamma_last, d_theta_prod_last = (
-        _end_weights_backward(W, SW, X_w, eta_DH, dW_end, dSW_end, mix_last, theta_mix_last, b_last, gamma_last,
-                              theta_prod_last, MOMENTUM, PRECISION))
-    dU, dSU, d_eta_DZ, dX_u, d_mix_last_u, d_theta_mix_last_u, d_b_last_u, d_gamma_last_u, d_theta_prod_last_u = (
-        _end_weights_backward(U, SU, X_u, eta_DZ, dU_end, dSU_end, mix_last, theta_mix_last, b_last, gamma_last,
-                              theta_prod_last, MOMENTUM, PRECISION))
-    # the read: O = Q + LN(s_U ⊙ bracket_U(A_q)), A_q = GELU(s_W ⊙ bracket_W(Q))
     dZ_q = _layer_norm_backward(dO_n, N_q, inv_std_q, d_ok, D)
     d_read_u = tl.sum(dZ_q * bracket_u, 1)
-    dA_q, dU_read, dSU_read, d_eta_DZ_read, dX_u_read, d_mix_u, d_b, d_gamma = _dual_layer_backward(
-        A_q, U, SU, X_u, eta_DZ, scores_u, AqU, AqSU, read_u[:, None] * dZ_q, b, gamma, M, MOMENTUM, PRECISION)
-    dH_q = dA_q * _gelu_slope(H_q)
-    d_read_w = tl.sum(dH_q * bracket_w, 1)
-    dQ, dW_read, dSW_read, d_eta_DH_read, dX_w_read, d_mix_w, d_b_w, d_gamma_w = _dual_layer_backward(
-        Q, W, SW, X_w, eta_DH, scores_w, QW, QSW, read_w[:, None] * dH_q, b, gamma, M, MOMENTUM, PRECISION)
-    # the inner gradient
-    dK, dV, dW_inner, dU_inner, d_eta, d_gradient_w, d_gradient_u, d_delta, d_rho_w, d_rho_u = (
-        _inner_gradient_backward(K, V, W, U, KW, H, AU, N, inv_std, E, G, DZ, DZ_Ut, DH, eta, gradient_w,
-                                 gradient_u, delta, d_eta_DH + d_eta_DH_read, d_eta_DZ + d_eta_DZ_read,
-                                 dX_w + dX_w_read, dX_u + dX_u_read, rho_w, rho_u, simplex_scale, d_ok, D, p, eps,
-                                 robust, BIAS, HUBER_MODE, NATURAL, PRECISION))
+    Y2 = read_u[:, None] * dZ_q
+    raw_R2 = dot(Y2, tl.trans(eta_DZ), tl.float32, PRECISION)
+    R2 = raw_R2 * M
+    d_mix_n = -raw_R2 * raw_scores_u
+    d_b = tl.sum(Y2 * AqU, 1)
+    d_gamma = tl.sum(Y2 * AqSU, 1)
+    d_eta_DZ = -dot(tl.trans(raw_scores_u * M), Y2, tl.float32, PRECISION)
+
+    # pass 3: the sums over hidden blocks
+    raw_R1 = tl.zeros([BC, BC], tl.float32)
+    dQ = dO_n
+    dX_w = tl.zeros([BC, BD], tl.float32)
+    X_dU = tl.zeros([BC, BD], tl.float32)
+    X_dSU = tl.zeros([BC, BD], tl.float32)
+    dT_U = tl.zeros([BC, BD], tl.float32)
+    along, d_read_w, d_mix_last, d_theta_mix_last = (tl.zeros([BC], tl.float32), tl.zeros([BC], tl.float32),
+                                                     tl.zeros([BC], tl.float32), tl.zeros([BC], tl.float32))
+    d_eta, d_gradient_u = tl.zeros([BC], tl.float32), tl.zeros([BC], tl.float32)
+    d_b_last, d_gamma_last, d_theta_prod_last = 0.0, 0.0, 0.0
+    for f0 in range(0, F, BF):
+        f_cols = f0 + tl.arange(0, BF)
+        f_ok = f_cols < F
+        W, U, SW, SU = _weight_blocks(Wp, Up, SWp, SUp, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM)
+        dW_end, dU_end, dSW_end, dSU_end = _weight_blocks(dW_endp, dU_endp, dSW_endp, dSU_endp, D, F, d_cols, d_ok,
+                                                          f_cols, f_ok, MOMENTUM)
+        rho_u = tl.load(rho_up + f_cols, mask=f_ok, other=0.0)
+        (_, slope, T, DH, eta_DH, QW, QSW, bracket, _, _, X_u), (Y1, dH_q, d_eta_DH, dDH, dT, _, dX_u, X_dW, X_dSW) = (
+            _block_backward(Q, K, X_w, DZ, eta_DZ, W, U, SW, SU, dW_end, dU_end, dSW_end, dSU_end, scores_w, rho_u,
+                            A_rho, Y2, R2, eta, b, gamma, gradient_w, gradient_u, read_w, mix_last, theta_mix_last,
+                            simplex_scale, NATURAL, MOMENTUM, PRECISION))
+        d_read_w += tl.sum(dH_q * bracket, 1)
+        raw_R1 += dot(Y1, tl.trans(eta_DH), tl.float32, PRECISION)
+        dQ += b[:, None] * dot(Y1, tl.trans(W), tl.float32, PRECISION)
+        d_b += tl.sum(Y1 * QW, 1)
+        dX_w -= dot(mix_last[:, None] * eta_DH, tl.trans(dW_end), tl.float32, PRECISION)
+        d_mix_last -= tl.sum(eta_DH * X_dW, 1)
+        X_dU += dot(X_u, dU_end, tl.float32, PRECISION)
+        d_b_last += tl.sum(tl.sum(W * dW_end, 1), 0) + tl.sum(tl.sum(U * dU_end, 1), 0)
+        if MOMENTUM:
+            dQ += gamma[:, None] * dot(Y1, tl.trans(SW), tl.float32, PRECISION)
+            d_gamma += tl.sum(Y1 * QSW, 1)
+            dX_w -= dot(theta_mix_last[:, None] * eta_DH, tl.trans(dSW_end), tl.float32, PRECISION)
+            d_theta_mix_last -= tl.sum(eta_DH * X_dSW, 1)
+            X_dSU += dot(X_u, dSU_end, tl.float32, PRECISION)
+            d_gamma_last += tl.sum(tl.sum(SW * dW_end, 1), 0) + tl.sum(tl.sum(SU * dU_end, 1), 0)
+            d_theta_prod_last += tl.sum(tl.sum(SW * dSW_end, 1), 0) + tl.sum(tl.sum(SU * dSU_end, 1), 0)
+        d_eta += tl.sum(d_eta_DH * DH, 1)
+        d_gradient_u += tl.sum(dDH * T * slope, 1)
+        dT_U += dot(dT, U, tl.float32, PRECISION)
+        if NATURAL:
+            along += tl.sum(dX_u * rho_u[None, :], 1)
+
+    # what those sums give: the first read layer's scores, d(η ⊙ D_Z), then back through the inner gradient
+    d_eta_DZ -= mix_last[:, None] * X_dU
+    d_mix_last -= tl.sum(eta_DZ * X_dU, 1)
+    if MOMENTUM:
+        d_eta_DZ -= theta_mix_last[:, None] * X_dSU
+        d_theta_mix_last -= tl.sum(eta_DZ * X_dSU, 1)
+    R1 = raw_R1 * M
+    d_mix_n -= raw_R1 * raw_scores_w
+    dQ -= dot(R1, X_w, tl.float32, PRECISION)
+    dX_w -= dot(tl.trans(R1), Q, tl.float32, PRECISION)
+    d_eta += tl.sum(d_eta_DZ * DZ, 1)
+    dZ, dK, dV, d_delta = _inner_gradient_backward(K, V, N, inv_std, E, G, DZ, dT_U + eta[:, None] * d_eta_DZ,
+                                                   delta, d_ok, D, p, eps, robust, BIAS, HUBER_MODE)
+    d_gradient_u += tl.sum(dZ * AU, 1)
+    if NATURAL:
+        dK_x, d_rho_w = _natural_backward(K, rho_w, simplex_scale, dX_w)
+        dK += dK_x
+        tl.store(d_rho_wp + i_bh * D + d_cols, d_rho_w, mask=d_ok)
+    else:
+        dK += dX_w
+
+    # pass 4: each hidden block's weight gradients
+    d_gradient_w = tl.zeros([BC], tl.float32)
+    for f0 in range(0, F, BF):
+        f_cols = f0 + tl.arange(0, BF)
+        f_ok = f_cols < F
+        W, U, SW, SU = _weight_blocks(Wp, Up, SWp, SUp, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM)
+        dW_end, dU_end, dSW_end, dSU_end = _weight_blocks(dW_endp, dU_endp, dSW_endp, dSU_endp, D, F, d_cols, d_ok,
+                                                          f_cols, f_ok, MOMENTUM)
+        rho_u = tl.load(rho_up + f_cols, mask=f_ok, other=0.0)
+        (KW, slope, _, _, _, _, _, _, A_q, A, _), (Y1, _, _, _, dT, dH, dX_u, _, _) = _block_backward(
+            Q, K, X_w, DZ, eta_DZ, W, U, SW, SU, dW_end, dU_end, dSW_end, dSU_end, scores_w, rho_u, A_rho, Y2, R2, eta,
+            b, gamma, gradient_w, gradient_u, read_w, mix_last, theta_mix_last, simplex_scale, NATURAL, MOMENTUM,
+            PRECISION)
+        if NATURAL:  # dA and dρ_U of X_U = ρ_U ⊙ (A − (A·ρ_U)/c_s), with A·ρ_U and Σ dX_U ⊙ ρ_U over every block
+            centred = A - (A_rho / simplex_scale)[:, None]
+            dA = rho_u[None, :] * (dX_u - (along / simplex_scale)[:, None])
+            d_rho_u = tl.sum(dX_u * centred, 0) - tl.sum((along / simplex_scale)[:, None] * A, 0)
+            tl.store(d_rho_up + f_cols, d_rho_u, mask=f_ok)
+        else:
+            dA = dX_u
+        dA += gradient_u[:, None] * dot(dZ, tl.trans(U), tl.float32, PRECISION)
+        dH += dA * slope
+        dK += gradient_w[:, None] * dot(dH, tl.trans(W), tl.float32, PRECISION)
+        d_gradient_w += tl.sum(dH * KW, 1)
+        dW = (b_last * dW_end + dot(tl.trans(Q), b[:, None] * Y1, tl.float32, PRECISION)
+              + dot(tl.trans(K), gradient_w[:, None] * dH, tl.float32, PRECISION))
+        dU = (b_last * dU_end + dot(tl.trans(A_q), b[:, None] * Y2, tl.float32, PRECISION)
+              + dot(tl.trans(dT), DZ, tl.float32, PRECISION)
+              + dot(tl.trans(A), gradient_u[:, None] * dZ, tl.float32, PRECISION))
+        dSW, dSU = dW, dU
+        if MOMENTUM:
+            dSW = gamma_last * dW_end + theta_prod_last * dSW_end + dot(tl.trans(Q), gamma[:, None] * Y1, tl.float32,
+                                                                       PRECISION)
+            dSU = gamma_last * dU_end + theta_prod_last * dSU_end + dot(tl.trans(A_q), gamma[:, None] * Y2,
+                                                                       tl.float32, PRECISION)
+        _store_weight_blocks(dWp, dUp, dSWp, dSUp, D, F, d_cols, d_ok, f_cols, f_ok, dW, dU, dSW, dSU, MOMENTUM)
 
     row_base = i_bh * Cn * D  # the gradients are [B, H, C, D], contiguous
-    store_block(dq + row_base, D, rows, rows_ok, d_cols, D, dQ + dO_n)
+    store_block(dq + row_base, D, rows, rows_ok, d_cols, D, dQ)
     store_block(dk + row_base, D, rows, rows_ok, d_cols, D, dK)
     store_block(dv + row_base, D, rows, rows_ok, d_cols, D, dV)
     d_rates += i_bh * _N_RATES * Cn
     tl.store(d_rates + rows, d_eta, mask=rows_ok)
-    tl.store(d_rates + Cn + rows, d_b + d_b_w, mask=rows_ok)
-    tl.store(d_rates + 2 * Cn + rows, d_gamma + d_gamma_w, mask=rows_ok)
-    tl.store(d_rates + 3 * Cn + rows, d_theta_mix_last + d_theta_mix_last_u, mask=rows_ok)
+    tl.store(d_rates + Cn + rows, d_b, mask=rows_ok)
+    tl.store(d_rates + 2 * Cn + rows, d_gamma, mask=rows_ok)
+    tl.store(d_rates + 3 * Cn + rows, d_theta_mix_last, mask=rows_ok)
     tl.store(d_rates + 4 * Cn + rows, d_gradient_w, mask=rows_ok)
     tl.store(d_rates + 5 * Cn + rows, d_gradient_u, mask=rows_ok)
     tl.store(d_rates + 6 * Cn + rows, d_read_w, mask=rows_ok)
     tl.store(d_rates + 7 * Cn + rows, d_read_u, mask=rows_ok)
     tl.store(d_rates + 8 * Cn + rows, d_delta, mask=rows_ok)
-    tl.store(d_rates + 9 * Cn + rows, d_mix_last + d_mix_last_u, mask=rows_ok)
-    store_block(d_mix + i_bh * Cn * Cn, Cn, rows, rows_ok, rows, Cn, d_mix_u + d_mix_w)
+    tl.store(d_rates + 9 * Cn + rows, d_mix_last, mask=rows_ok)
+    store_block(d_mix + i_bh * Cn * Cn, Cn, rows, rows_ok, rows, Cn, d_mix_n)
     d_ends += i_bh * _N_ENDS
-    tl.store(d_ends, d_b_last + d_b_last_u)
-    tl.store(d_ends + 1, d_gamma_last + d_gamma_last_u)
-    tl.store(d_ends + 2, d_theta_prod_last + d_theta_prod_last_u)
-    store_block(dWp + i_bh * D * F, F, d_cols, d_ok, f_cols, F, dW + dW_read + dW_inner)
-    store_block(dUp + i_bh * F * D, D, f_cols, f_ok, d_cols, D, dU + dU_read + dU_inner)
-    if MOMENTUM:
-        store_block(dSWp + i_bh * D * F, F, d_cols, d_ok, f_cols, F, dSW + dSW_read)
-        store_block(dSUp + i_bh * F * D, D, f_cols, f_ok, d_cols, D, dSU + dSU_read)
-    if NATURAL:
-        tl.store(d_rho_wp + i_bh * D + d_cols, d_rho_w, mask=d_ok)
-        tl.store(d_rho_up + i_bh * F + f_cols, d_rho_u, mask=f_ok)
+    tl.store(d_ends, d_b_last)
+    tl.store(d_ends + 1, d_gamma_last)
+    tl.store(d_ends + 2, d_theta_prod_last)
 
 
 # ---------------------------------------------------------------------------------- host functions
 
 
 def _blocks(C, D, F):
-    return dot_block(C), dot_block(D), dot_block(F)
+    """(BC, BD, BF): the chunk, the feature columns and a block of hidden units with BD·BF ≤ WEIGHT_BLOCK."""
+    BD = dot_block(D)
+    return dot_block(C), BD, min(dot_block(F), max(MIN_DOT_BLOCK, WEIGHT_BLOCK // BD))
 
 
 def _flags(spec, momentum, natural, dtype):
@@ -679,16 +794,14 @@ def mlp_boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A0, S0, chunk_siz
 
 def limits(q, v, spec, chunk_size):
     """Why this kernel cannot take these inputs, or None: no chunk_size (it computes chunks), a dtype other than
-    float32 / bfloat16 / float16, or weights too large to hold on chip (D·F > MAX_WEIGHT_TILE, each rounded up to a
-    power of two)."""
+    float32 / bfloat16 / float16, more than `MAX_D` features per head or chunks of more than `MAX_CHUNK` tokens
+    (each rounded up to a power of two: what was checked to fit an H100's shared memory)."""
     if chunk_size is None:
         return "chunk_size: the MLP-memory kernel computes chunks of chunk_size tokens, not None (the exact recurrence)"
     if (reason := dtype_limit(q)) is not None:
         return reason
-    D = q.shape[-1]
-    if dot_block(D) * dot_block(spec.expansion * D) > MAX_WEIGHT_TILE:
-        return (f"q: D={D} with expansion {spec.expansion} gives weights of {D}×{spec.expansion * D}, more than the "
-                f"MLP-memory kernel holds on chip (D·F ≤ {MAX_WEIGHT_TILE}, e.g. D=32 at expansion 4); use "
+    if dot_block(q.shape[-1]) > MAX_D:
+        return (f"q: the MLP-memory kernel takes at most {MAX_D} features per head, not D={q.shape[-1]}; use "
                 "backend='torch'")
     if dot_block(chunk_size) > MAX_CHUNK:
         return f"chunk_size: the MLP-memory kernel takes chunks of at most {MAX_CHUNK} tokens, not {chunk_size}"

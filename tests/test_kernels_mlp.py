@@ -61,7 +61,8 @@ def _values_and_grads(spec, chunk_size, chunk_rule, backend, leaves, dtype):
 
 def _error(actual, expected):
     """max |actual − expected| relative to max |expected|."""
-    return ((actual.double().cpu() - expected.double().cpu()).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
 
 
 def _check(spec, T=11, chunk_size=4, D=8, chunk_rule="minibatch", seed=0, per_token_delta=False):
@@ -112,6 +113,16 @@ def test_shapes(T, chunk_size, D, chunk_rule):
     _check(spec, T=T, chunk_size=chunk_size, D=D, chunk_rule=chunk_rule, seed=T)
 
 
+@pytest.mark.parametrize("name, chunk_rule", [("titans", "minibatch"), ("memora", "boundary")])
+def test_hidden_units_in_several_blocks(name, chunk_rule, monkeypatch):
+    """The kernels loop over blocks of hidden units; with blocks of 16 units, F = 4·6 = 24 takes a full block and a
+    partial one, and every sum across blocks (LN's input, the read's second layer, kl's natural inputs, the
+    backward's sums) must come out as in one block."""
+    monkeypatch.setattr(mlp_minibatch, "WEIGHT_BLOCK", 16 * 16)
+    assert mlp_minibatch._blocks(4, 6, 24) == (16, 16, 16)
+    _check(ml.preset(name), T=9, D=6, chunk_rule=chunk_rule, seed=4)
+
+
 def test_bfloat16_inputs_match_float32():
     """bf16 q, k, v, rates and weights, float32 accumulation: within bf16's rounding of the float32 torch run on
     the same (rounded) inputs."""
@@ -124,13 +135,12 @@ def test_bfloat16_inputs_match_float32():
 
 
 def test_limits():
-    """What does not fit an H100's shared memory is refused (`backend="auto"` then runs torch)."""
-    q = torch.zeros(1, 1, 4, 64)
+    """What was not checked to fit an H100's shared memory is refused (`backend="auto"` then runs torch)."""
+    q = torch.zeros(1, 1, 4, 256)
     assert "chunk_size" in mlp_minibatch.limits(q[..., :8], q[..., :8], MLP, None)
-    assert "D=64" in mlp_minibatch.limits(q, q, MLP, 16)
-    assert mlp_minibatch.limits(q[..., :32], q[..., :32], MLP, 16) is None
-    assert mlp_minibatch.limits(q[..., :64], q[..., :64], MLP.replace(expansion=1), 16) is None
-    assert "chunk_size" in mlp_minibatch.limits(q[..., :32], q[..., :32], MLP, 64)
+    assert "D=256" in mlp_minibatch.limits(q, q, MLP, 16)
+    assert mlp_minibatch.limits(q[..., :128], q[..., :128], MLP, 32) is None
+    assert "chunk_size" in mlp_minibatch.limits(q[..., :64], q[..., :64], MLP, 64)
     with pytest.raises(KernelLimit, match="float64"):
         mlp_minibatch.mlp_minibatch_scan(*(q[..., :8].double(),) * 3, None, None, None, None, MLP, None, None, 4)
 
