@@ -8,12 +8,14 @@ Every row times one method on one spec, forward ("fwd") and forward+backward ("f
     triton/recurrent         kernels.recurrent.recurrent_scan (exact, state on chip)
     triton/delta_rule        kernels.delta_rule.delta_rule_scan (exact delta rule, UT transform)
     triton/minibatch         kernels.minibatch.minibatch_scan (mini-batch dual form, chunk 64)
+    torch/mlp_dual           memory_scan(chunk_size=16) of an MLP memory (E = 4) in torch (`ops/minibatch.py`)
+    triton/mlp_minibatch     the same on kernels.mlp_minibatch (D = 64 only, T up to --mlp-max-t)
     fla/chunk, fla/fused_recurrent   flash-linear-attention's chunk_gated_delta_rule and
                              fused_recurrent_gated_delta_rule (only when `fla` is installed, on a GPU)
 
 TFLOP/s counts the algorithm's own matrix work per head and token (Dk = Dv = D, chunk C), forward:
-recurrent 6D² (read, error, write); dual mini-batch 4CD + 6D²; UT delta rule 10CD + 6D²; fwd+bwd counts
-3× the forward. On a CUDA GPU the sizes are T ∈ {1k, 4k, 16k}, D ∈ {64, 128}, bf16, B=8, H=16 (the token
+recurrent 6D² (read, error, write); dual mini-batch 4CD + 6D²; UT delta rule 10CD + 6D²; MLP memory
+(F = 4D) 14·D·F + 4C(D + F); fwd+bwd counts 3× the forward. On a CUDA GPU the sizes are T ∈ {1k, 4k, 16k}, D ∈ {64, 128}, bf16, B=8, H=16 (the token
 loop only up to --loop-max-t); without one, torch rows run in float32 at small sizes and each Triton
 kernel gets an interpreted smoke run (TRITON_INTERPRET=1: a correctness run, not a speed).
 Writes a parquet file and an Altair chart (HTML) and prints the measured ratios next to the targets in
@@ -32,6 +34,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -39,6 +42,7 @@ from kernels.delta_rule import delta_rule_scan  # noqa: E402
 from kernels.minibatch import minibatch_scan  # noqa: E402
 from kernels.recurrent import recurrent_scan  # noqa: E402
 from miras_lite import MemorySpec, memory_scan, preset  # noqa: E402
+from miras_lite.memory import mlp_initial_state  # noqa: E402
 from miras_lite.ops.recurrent import recurrent_scan as torch_recurrent_scan  # noqa: E402
 
 from .common import fastest_seconds, machine_line, print_table  # noqa: E402
@@ -50,16 +54,26 @@ MINIBATCH_SPECS = {
     "lp": MemorySpec(bias="lp", retention="l2", grad_at="retained"),
     "huber": MemorySpec(bias="huber", huber_mode="coord", retention="l2", grad_at="retained"),
 }
+MLP_CHUNK = 16  # the MLP presets' chunk size (presets.Recommended)
+MLP_SPECS = {  # MLP memory, retention l2, gd: the mini-batch rule of ttt_mlp / titans / yaad, one bias each
+    "mlp-l2": MemorySpec(memory="mlp", bias="l2", retention="l2"),
+    "mlp-lp": MemorySpec(memory="mlp", bias="lp", retention="l2"),
+    "mlp-huber": MemorySpec(memory="mlp", bias="huber", huber_mode="mixture", retention="l2", eps=1e-2),
+}
 TARGETS = (  # the targets of kernels/README.md: (what, numerator method/spec, denominator method/spec, at least)
     ("exact delta-rule kernel vs fla chunk", ("triton/delta_rule", "gated_deltanet"), ("fla/chunk", "gated_deltanet"),
      0.9),
     ("mini-batch kernel lp vs l2", ("triton/minibatch", "lp"), ("triton/minibatch", "l2"), 0.7),
     ("mini-batch kernel huber vs l2", ("triton/minibatch", "huber"), ("triton/minibatch", "l2"), 0.7),
+    ("MLP-memory kernel lp vs l2", ("triton/mlp_minibatch", "mlp-lp"), ("triton/mlp_minibatch", "mlp-l2"), 0.7),
+    ("MLP-memory kernel huber vs l2", ("triton/mlp_minibatch", "mlp-huber"), ("triton/mlp_minibatch", "mlp-l2"), 0.7),
+    ("MLP-memory kernel vs torch (scan)", ("triton/mlp_minibatch", "mlp-l2"), ("torch/mlp_dual", "mlp-l2"), 3.0),
     ("recurrent kernel vs torch token loop", ("triton/recurrent", "gated_deltanet"),
      ("torch/recurrent", "gated_deltanet"), 50.0),
 )
 COLUMNS = ("method", "spec", "T", "D", "passes", "seconds", "tokens_per_s", "tflops")
 GPU_GRID = dict(B=8, H=16, lengths=(1024, 4096, 16384), dims=(64, 128), dtype=torch.bfloat16, device="cuda")
+MLP_MAX_D = 64  # the MLP-memory rows run at D = 64 only (the playground's head size): they are the slowest rows
 QUICK_GRID = dict(B=1, H=2, lengths=(32,), dims=(16,), dtype=torch.float32, device="cpu")
 
 
@@ -76,6 +90,21 @@ def _torch_loop(spec, q, k, v, eta, alpha):
 
 def _scan(chunk_size):
     return lambda spec, q, k, v, eta, alpha: memory_scan(q, k, v, eta, alpha, spec=spec, chunk_size=chunk_size)[0]
+
+
+@functools.cache
+def _mlp_memory(H, D, dtype, device):
+    """The default MLP memory (W_in, W_out), made once per size: its draw is not part of what is timed."""
+    return mlp_initial_state(H, D, dtype=dtype, device=device)
+
+
+def _mlp_scan(backend):
+    def run(spec, q, k, v, eta, alpha):
+        memory = _mlp_memory(q.shape[2], q.shape[3], q.dtype, q.device)
+        return memory_scan(q, k, v, eta, alpha, spec=spec, initial_state=memory, chunk_size=MLP_CHUNK,
+                           backend=backend)[0]
+
+    return run
 
 
 def _kernel(scan, chunk_size):
@@ -103,6 +132,8 @@ def _flops_per_token(method, D):
         return 6 * D * D
     if method in ("torch/minibatch", "triton/minibatch"):
         return 4 * CHUNK * D + 6 * D * D
+    if method in ("torch/mlp_dual", "triton/mlp_minibatch"):  # F = 4D: 7 products with a weight, 4 with the chunk
+        return 14 * D * 4 * D + 4 * MLP_CHUNK * 5 * D
     return 10 * CHUNK * D + 6 * D * D
 
 
@@ -116,6 +147,9 @@ def _rows_to_run(gpu, fla_available):
     for name, spec in MINIBATCH_SPECS.items():
         rows.append(("torch/minibatch", name, spec, _scan(CHUNK)))
         rows.append(("triton/minibatch", name, spec, _kernel(minibatch_scan, CHUNK)))
+    for name, spec in MLP_SPECS.items():
+        rows.append(("torch/mlp_dual", name, spec, _mlp_scan("torch")))
+        rows.append(("triton/mlp_minibatch", name, spec, _mlp_scan("triton")))
     return rows
 
 
@@ -181,6 +215,8 @@ def bench_rows(args, grid, fla, errors=False):
             inputs = _inputs(grid["B"], T, grid["H"], D, grid["dtype"], grid["device"])
             for method, name, spec, run in _rows_to_run(gpu, fla):
                 if method == "torch/recurrent" and T > args.loop_max_t:
+                    continue
+                if "mlp" in method and (T > args.mlp_max_t or D > MLP_MAX_D):
                     continue
                 if method.startswith("triton/") and not gpu and T > args.interpreted_max_t:
                     continue
@@ -280,6 +316,7 @@ def build_parser():
     parser.add_argument("--quick", action="store_true", help="CPU only: one tiny size (a smoke test)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per row (the fastest counts; default 5)")
     parser.add_argument("--loop-max-t", type=int, default=4096, help="longest T for the torch token loop")
+    parser.add_argument("--mlp-max-t", type=int, default=4096, help="longest T for the MLP-memory rows")
     parser.add_argument("--interpreted-max-t", type=int, default=64,
                         help="longest T for the interpreted Triton smoke runs on a CPU")
     parser.add_argument("--out", default="runs/kernels_bench.parquet", help="parquet file (the chart goes next to it)")

@@ -21,6 +21,8 @@ def test_quick_bench_times_every_method_and_writes_parquet_and_chart(tmp_path):
     expected = {("torch/recurrent", "gated_deltanet"), ("torch/delta_rule", "gated_deltanet"),
                 ("triton/recurrent", "gated_deltanet"), ("triton/delta_rule", "gated_deltanet")}
     expected |= {(method, bias) for method in ("torch/minibatch", "triton/minibatch") for bias in ("l2", "lp", "huber")}
+    expected |= {(method, f"mlp-{bias}") for method in ("torch/mlp_dual", "triton/mlp_minibatch")
+                 for bias in ("l2", "lp", "huber")}
     assert set(frame.select("method", "spec").unique().iter_rows()) == expected
     assert set(frame["passes"]) == {"fwd", "fwd+bwd"}
     assert (frame["seconds"] > 0).all() and (frame["tokens_per_s"] > 0).all()
