@@ -29,8 +29,8 @@ differentiated twice (`_inner_gradient_backward`). It returns the gradient of ev
 included; the host's torch ops that form the rates from α, θ and the chunk's scales carry it on to them.
 
 So a (batch, head) program needs on chip [C, D] tiles and a few [D, BF] weight blocks whatever E is: compiled for
-sm_90, D = 64 (BF = 64) takes 77 KiB of shared memory forward and 138 KiB backward, D = 128 with C = 32 (BF = 32)
-84 KiB and 152 KiB, within an H100's 227 KiB. The kernel takes D ≤ `MAX_D` and chunks of at most `MAX_CHUNK`
+sm_90, D = 64 with BF = 32 takes 37 KiB of shared memory forward and 58 KiB backward (BF = 64: 77 and 138 KiB),
+D = 128 with C = 32 and BF = 32 84 KiB and 152 KiB, within an H100's 227 KiB. The kernel takes D ≤ `MAX_D` and chunks of at most `MAX_CHUNK`
 tokens; inputs may be float32, bfloat16 or float16, and everything is computed in float32.
 """
 
@@ -48,9 +48,9 @@ from miras_lite.retention import scaled_readout
 
 from . import KernelLimit
 from .common import (DOT_PRECISION, MIN_DOT_BLOCK, dot, dot_block, dtype_limit, huber_delta_slope, load_block,
-                     separable_bias_gradient, separable_bias_slope, store_block, tuning_configs)
+                     separable_bias_gradient, separable_bias_slope, store_block)
 
-WEIGHT_BLOCK = 4096  # BD·BF: the elements of one weight matrix's block of hidden units a loop step holds
+WEIGHT_BLOCK = 2048  # BD·BF: the elements of one weight matrix's block of hidden units a loop step holds
 MAX_D = 128  # feature columns (rounded up to a power of two) whose tiles fit, measured by compiling for sm_90
 MAX_CHUNK = 32
 RATES = ("eta", "b", "gamma", "theta_mix_last", "gradient_scale_w", "gradient_scale_u", "read_scale_w",
@@ -324,8 +324,10 @@ def _read_sums(Q, K, X_w, DZ, eta_DZ, scores_w, rho_up, A_rho, eta, b, gamma, gr
 
 # -------------------------------------------------------------------------------------- kernels
 
-_CONFIGS = [triton.Config({}, num_warps=warps, num_stages=stages) for warps in (4, 8) for stages in (1, 2)]
-_KEY = ["BC", "BD", "BF", "BIAS", "HUBER_MODE", "MOMENTUM", "NATURAL"]
+# The launch: compiled for sm_90 at D = 64, every choice of warps and BF keeps all 255 registers and spills, least
+# with 8 warps and BF = 32 (0.4 KiB per thread forward, 1.7 KiB backward; 4 warps or BF = 64 spill 2-3x more); no
+# autotuning, as each configuration tried costs a compile of the backward of 20 s or more per variant.
+LAUNCH = dict(num_warps=8, num_stages=1)
 
 
 @triton.jit
@@ -361,7 +363,6 @@ def _chunk_forward(q, k, v, rates, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, 
             (X_w, raw_scores_w, raw_scores_u, AqU, AqSU, bracket_u))
 
 
-@triton.autotune(configs=tuning_configs(_CONFIGS), key=_KEY)
 @triton.jit
 def _forward_kernel(
     q, k, v, rates, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, o, W_endp, U_endp, SW_endp, SU_endp,
@@ -427,7 +428,6 @@ def _inner_gradient_backward(K, V, N, inv_std, E, G, DZ, dDZ, delta, d_ok, D, p,
     return dZ + _layer_norm_backward(dE, N, inv_std, d_ok, D), dE, -dE, d_delta
 
 
-@triton.autotune(configs=tuning_configs(_CONFIGS), key=_KEY)
 @triton.jit
 def _backward_kernel(
     q, k, v, rates, mix, ends, Wp, Up, SWp, SUp, rho_wp, rho_up, dO, dW_endp, dU_endp, dSW_endp, dSU_endp,
@@ -633,7 +633,7 @@ def chunk_forward(q, k, v, rates, mix, ends, weights, momenta, rho, spec):
     _forward_kernel[(B * H,)](
         q, k, v, rates, mix, ends, *weights, *S, rho_w, rho_u, o, *ends_out, *S_out,
         q.stride(1), o.stride(1), Cn, D, F, **_flags(spec, momenta is not None, rho is not None, q.dtype),
-        BC=BC, BD=BD, BF=BF,
+        BC=BC, BD=BD, BF=BF, **LAUNCH,
     )
     return o, ends_out, momenta_out
 
@@ -655,7 +655,7 @@ def chunk_backward(q, k, v, rates, mix, ends, weights, momenta, rho, spec, dO, d
         q, k, v, rates, mix, ends, *weights, *S, rho_w, rho_u, dO, *d_ends_out, *dS_out,
         dq, dk, dv, d_rates, d_mix, d_ends, *d_weights, *dS, d_rho_w, d_rho_u,
         q.stride(1), dO.stride(1), Cn, D, F, **_flags(spec, momenta is not None, rho is not None, q.dtype),
-        BC=BC, BD=BD, BF=BF,
+        BC=BC, BD=BD, BF=BF, **LAUNCH,
     )
     return dq, dk, dv, d_rates, d_mix, d_ends, d_weights, d_momenta, d_rho
 
