@@ -49,12 +49,15 @@ WHEELS = ".gpu_wheels"
 # pytest (it pulls iniconfig, pluggy, packaging, pygments) and numpy (miras_lite.tasks imports it) at the versions of
 # requirements.txt; fla's kernels: fla-core, the ops without flash-linear-attention's models (which need
 # transformers), pure Python, for torch >= 2.7 and triton >= 3.3, and einops, which it imports
-WHEEL_REQUIREMENTS = ("pytest==9.2.0", "numpy==2.4.6", "fla-core==0.6.0", "einops==0.8.2")
+# and pytest-xdist (with execnet), so that the tests' kernels compile on several cores at once
+WHEEL_REQUIREMENTS = ("pytest==9.2.0", "numpy==2.4.6", "fla-core==0.6.0", "einops==0.8.2", "pytest-xdist==3.8.0",
+                      "execnet==2.1.2")
 PYTHONS = ((3, 11), (3, 12))  # the GPU machine's CPython is one of these
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 CARRY_LIMIT_MIB = 64  # the working tree and the carried paths together
 PARTS = ("tests", "kernels", "training")
-BUDGETS = dict(tests=180, kernels=180, training=90)  # seconds
+BUDGETS = dict(tests=150, kernels=150, training=150)  # seconds
+TEST_WORKERS = 8  # pytest-xdist processes on a GPU machine: compiling the kernels' variants is most of the tests' time
 DEADLINE = 480  # seconds for all the parts together
 GRACE = 20  # seconds a part may run past its budget (the row in hand) before it is stopped
 KERNEL_SIZES = dict(lengths=(4096, 1024, 16384), dims=(128, 64))  # the fla target's size first
@@ -65,6 +68,8 @@ QUICK_PRESETS = ("gated_deltanet", "titans")
 QUICK_TESTS = "test_a_single_token or test_torch_rows"
 TAIL = 3000  # characters of a part's output kept when it did not succeed
 VERBOSE_RESULT = re.compile(r"^(tests/\S+::.*?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.MULTILINE)
+XDIST_RESULT = re.compile(r"^\[gw\d+\] \[\s*\d+%\] (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) (tests/\S+::\S+)",
+                          re.MULTILINE)  # the same line under pytest-xdist
 OUTCOMES = dict(PASSED="passed", XPASS="passed", FAILED="failed", ERROR="errors", SKIPPED="skipped", XFAIL="skipped")
 POLARS_STUB = '''"""A stub written by benchmarks.gpu_check on a machine without polars: `import miras_lite` imports
 polars, but the GPU check never calls it."""
@@ -206,6 +211,7 @@ def progress_counts(output):
     """The counts of what `pytest -v` printed (all there is of a run stopped before its report), and the tests that
     failed, without their messages."""
     outcomes = [(test, OUTCOMES[word]) for test, word in VERBOSE_RESULT.findall(output)]
+    outcomes += [(test, OUTCOMES[word]) for word, test in XDIST_RESULT.findall(output)]
     counts = {key: sum(outcome == key for _, outcome in outcomes) for key in ("passed", "failed", "errors", "skipped")}
     return dict(counts, failures=[dict(test=test, message="") for test, outcome in outcomes
                                   if outcome in ("failed", "errors")][:50])
@@ -217,11 +223,12 @@ def tests_part(args, env, budget, work):
     report = work / "tests.xml"
     select = args.tests_k if args.tests_k is not None else QUICK_TESTS if args.quick else None
     files = kernel_test_files()
+    workers = ["-n", str(TEST_WORKERS)] if torch.cuda.is_available() and importlib.util.find_spec("xdist") else []
     command = [sys.executable, "-m", "pytest", *files, "-v", "-rfE", "-p", "no:cacheprovider", "--junitxml",
-               str(report), *(["-k", select] if select else [])]
+               str(report), *workers, *(["-k", select] if select else [])]
     code, seconds, output = _run(command, env, budget)
     result = dict(files=files, select=select, device=env.get("MIRAS_TEST_DEVICE", "cpu"), seconds=seconds,
-                  budget_s=budget)
+                  budget_s=budget, workers=int(workers[1]) if workers else 1)
     result.update(junit_counts(report) if report.exists() else dict(progress_counts(output), counted_from="output"))
     failed = code == 1 and report.exists()  # pytest's code for failed tests (a Python that cannot start pytest: 1 too)
     result["status"] = "timeout" if code is None else "ok" if code == 0 else "failed" if failed else "error"
@@ -325,6 +332,25 @@ def training_tokens_per_s(name, backend, device, warmup, steps):
     return B * TRAINING["seq_len"] * steps / (time.perf_counter() - start)
 
 
+def compile_in_parallel(names, timeout):
+    """One training step of each preset's playground model on backend="auto", every preset in a process of its own
+    and all at once: Triton compiles their kernels on as many cores into its on-disk cache, where the timed runs
+    find them. Returns the seconds it took and the presets whose step failed or did not finish in `timeout`."""
+    code = "import sys, benchmarks.gpu_check as g; g.training_tokens_per_s(sys.argv[1], 'auto', 'cuda', 1, 1)"
+    start = time.monotonic()
+    processes = {name: subprocess.Popen([sys.executable, "-c", code, name], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL) for name in names}
+    failed = []
+    for name, process in processes.items():
+        try:
+            if process.wait(max(1.0, timeout - (time.monotonic() - start))) != 0:
+                failed.append(name)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            failed.append(name)
+    return time.monotonic() - start, failed
+
+
 def training_part(args, deadline, result, save):
     """Training tokens/s of every preset (--quick: QUICK_PRESETS) with backend "auto" and "torch", and what "auto"
     runs, saved after every preset; no new preset starts after `deadline`."""
@@ -333,7 +359,12 @@ def training_part(args, deadline, result, save):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     warmup, steps = (1, 2) if args.quick else (3, 20)
     result.update(device=device, warmup_steps=warmup, timed_steps=steps, target=TRAINING_TARGET, **TRAINING)
-    for name in QUICK_PRESETS if args.quick else NAMED_PRESETS:
+    names = QUICK_PRESETS if args.quick else tuple(NAMED_PRESETS)
+    if device == "cuda":
+        seconds, failed = compile_in_parallel(names, (deadline - time.monotonic()) / 2)
+        result.update(compile_seconds=seconds, compile_failed=failed)
+        save()
+    for name in names:
         row = dict(preset=name)
         try:
             row.update(auto_plan(name, device))

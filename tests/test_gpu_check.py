@@ -179,3 +179,13 @@ def test_a_stopped_pytest_run_is_counted_from_its_output():
         passed=1, failed=1, errors=1, skipped=1,
         failures=[dict(test="tests/test_a.py::test_two[x-1]", message=""),
                   dict(test="tests/test_b.py::test_four", message="")])
+
+
+def test_a_stopped_pytest_xdist_run_is_counted_from_its_output():
+    """Under pytest-xdist (the tests part's workers on a GPU machine) each result line starts with its worker."""
+    output = ("[gw1] [ 12%] PASSED tests/test_dispatch.py::test_torch_rows[spec2-None-torch/materialised-64] \n"
+              "[gw0] [ 25%] FAILED tests/test_kernels_mlp.py::test_shapes[T1] \n"
+              "[gw0] [ 37%] SKIPPED tests/test_kernels_mlp.py::test_limits \n")
+    assert gpu_check.progress_counts(output) == dict(
+        passed=1, failed=1, errors=0, skipped=1, failures=[dict(test="tests/test_kernels_mlp.py::test_shapes[T1]",
+                                                                message="")])

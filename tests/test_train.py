@@ -36,12 +36,16 @@ def tiny_task(**kwargs):
 
 @pytest.mark.slow
 def test_short_mqar_run_learns():
-    """MQAR with 4 pairs over 32 keys / 32 values: held-out accuracy far above chance (1/32) within
-    300 steps (measured: 0.81 at step 300; ~10 s on one core)."""
-    task = MQAR(vocab_size=64, seq_len=32, num_kv_pairs=4, train_examples=4096, test_examples=128, seed=0)
+    """MQAR with 4 pairs over 32 keys / 32 values, the recipe of the shipped gated_deltanet model (a 600-step
+    schedule, warmup 50, stopped at 0.8): held-out accuracy far above chance (1/32) (measured: 0.90 at step 360 on
+    two seeds; ~15 s on one core). A 300-step schedule was on the edge of learning: 0.81 on one machine, 0.09 on
+    another."""
+    task = MQAR(vocab_size=64, seq_len=32, num_kv_pairs=4, train_examples=4096, test_examples=128, power_a=0.01,
+                seed=0)
     torch.manual_seed(0)
     model = MirasLM(64, d_model=64, n_layers=2, num_heads=1, chunk_size=None)
-    metrics = fit(model, task, steps=300, batch_size=16, lr=1e-2, eval_every=50, callbacks=[early_stop(threshold=0.8)])
+    metrics = fit(model, task, steps=600, batch_size=16, lr=1e-2, warmup=50, eval_every=60,
+                  callbacks=[early_stop(threshold=0.8)])
     evals = metrics.filter(pl.col("eval_accuracy").is_not_null())
     assert evals["eval_accuracy"][-1] > 0.4, evals  # > 12x chance
     assert evals["eval_accuracy"][0] < 0.1  # it was learnt, not there from the start
