@@ -4,6 +4,7 @@
     python -m benchmarks.mqar       MirasLM on MQAR: training speed per preset and time to a held-out accuracy
     python -m benchmarks.armt       ARMT on BABILong-style qa1: train, then accuracy vs context length to 1M tokens
     python -m benchmarks.kernels    the Triton kernels against torch and flash-linear-attention (GPU)
+    python -m benchmarks.gpu_check  the whole GPU check in one command and one results file (kernels/README.md)
     python -m benchmarks.claims     the papers' claims at toy scale: every model of a claim, three seeds, a verdict
 
 Each prints its table with the machine it ran on and writes its results as a parquet file (--out).
