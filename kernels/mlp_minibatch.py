@@ -28,10 +28,11 @@ the other forms each block's weight gradients; between them, the gradient goes b
 differentiated twice (`_inner_gradient_backward`). It returns the gradient of every input, rates and mix
 included; the host's torch ops that form the rates from α, θ and the chunk's scales carry it on to them.
 
-So a (batch, head) program needs on chip [C, D] tiles and a few [D, BF] weight blocks whatever E is: compiled for
-sm_90, D = 64 with BF = 32 takes 37 KiB of shared memory forward and 58 KiB backward (BF = 64: 77 and 138 KiB),
-D = 128 with C = 32 and BF = 32 84 KiB and 152 KiB, within an H100's 227 KiB. The kernel takes D ≤ `MAX_D` and chunks of at most `MAX_CHUNK`
-tokens; inputs may be float32, bfloat16 or float16, and everything is computed in float32.
+So a (batch, head) program needs on chip [C, D] tiles and a few [D, BF] weight blocks whatever E is. Compiled for
+sm_90 with momentum and kl's natural inputs on: D = 64 with BF = 32 takes 37 KiB of shared memory forward and
+70 KiB backward (BF = 64: 77 and 138 KiB), D = 128 with C = 32 and BF = 32 84 KiB and 152 KiB, within an H100's
+227 KiB. The kernel takes D ≤ `MAX_D` and chunks of at most `MAX_CHUNK` tokens; inputs may be float32, bfloat16
+or float16, and everything is computed in float32.
 """
 
 import math
@@ -326,7 +327,7 @@ def _read_sums(Q, K, X_w, DZ, eta_DZ, scores_w, rho_up, A_rho, eta, b, gamma, gr
 
 # The launch: compiled for sm_90 at D = 64, every choice of warps and BF keeps all 255 registers and spills, least
 # with 8 warps and BF = 32 (0.4 KiB per thread forward, 1.7 KiB backward; 4 warps or BF = 64 spill 2-3x more); no
-# autotuning, as each configuration tried costs a compile of the backward of 20 s or more per variant.
+# autotuning, as each configuration tried costs a compile of the backward (here, on a CPU, 10-40 s per variant).
 LAUNCH = dict(num_warps=8, num_stages=1)
 
 
@@ -382,9 +383,9 @@ def _forward_kernel(
 
 
 @triton.jit
-def _block_backward(Q, K, X_w, DZ, eta_DZ, W, U, SW, SU, dW_end, dU_end, dSW_end, dSU_end, scores_w, rho_u,
-                    A_rho, Y2, R2, eta, b, gamma, gradient_w, gradient_u, read_w, mix_last, theta_mix_last,
-                    simplex_scale, NATURAL: tl.constexpr, MOMENTUM: tl.constexpr, PRECISION: tl.constexpr):
+def _block_gradients(Q, K, X_w, DZ, eta_DZ, W, U, SW, SU, dW_end, dU_end, dSW_end, dSU_end, scores_w, rho_u,
+                     A_rho, Y2, R2, eta, b, gamma, gradient_w, gradient_u, read_w, mix_last, theta_mix_last,
+                     simplex_scale, NATURAL: tl.constexpr, MOMENTUM: tl.constexpr, PRECISION: tl.constexpr):
     """Hidden block f of the backward, up to what needs sums over every block: the block's forward
     (`_hidden_block`), then Y1 (the gradient of the first read layer's bracket), d(η ⊙ D_H), dT (of T = D_Z Uᵀ),
     the part of dH that comes through D_H, dX_U, and the partial sums (dH_q ⊙ bracket, X_W dW', X_W dS_W')."""
@@ -410,6 +411,26 @@ def _block_backward(Q, K, X_w, DZ, eta_DZ, W, U, SW, SU, dW_end, dU_end, dSW_end
     dH = dDH * gradient_u[:, None] * T * _gelu_curvature(H)
     return (KW, slope, T, DH, eta_DH, QW, QSW, bracket, A_q, A, X_u), (Y1, dH_q, d_eta_DH, dDH, dT, dH, dX_u, X_dW,
                                                                         X_dSW)
+
+
+@triton.jit
+def _block_backward(f0, Wp, Up, SWp, SUp, dW_endp, dU_endp, dSW_endp, dSU_endp, rho_up, D, F, d_cols, d_ok, Q, K,
+                    X_w, DZ, eta_DZ, scores_w, A_rho, Y2, R2, eta, b, gamma, gradient_w, gradient_u, read_w, mix_last,
+                    theta_mix_last, simplex_scale, BF: tl.constexpr, NATURAL: tl.constexpr, MOMENTUM: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """The hidden block from unit f0 on, read, and `_block_gradients` of it: ((W, U, S_W, S_U), their end weights'
+    gradients, (its columns, their mask, ρ_U), then `_block_gradients`' two groups)."""
+    f_cols = f0 + tl.arange(0, BF)
+    f_ok = f_cols < F
+    weights = _weight_blocks(Wp, Up, SWp, SUp, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM)
+    d_ends = _weight_blocks(dW_endp, dU_endp, dSW_endp, dSU_endp, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM)
+    rho_u = tl.load(rho_up + f_cols, mask=f_ok, other=0.0)
+    W, U, SW, SU = weights
+    dW_end, dU_end, dSW_end, dSU_end = d_ends
+    forward, backward = _block_gradients(Q, K, X_w, DZ, eta_DZ, W, U, SW, SU, dW_end, dU_end, dSW_end, dSU_end,
+                                         scores_w, rho_u, A_rho, Y2, R2, eta, b, gamma, gradient_w, gradient_u, read_w,
+                                         mix_last, theta_mix_last, simplex_scale, NATURAL, MOMENTUM, PRECISION)
+    return weights, d_ends, (f_cols, f_ok, rho_u), forward, backward
 
 
 @triton.jit
@@ -479,16 +500,12 @@ def _backward_kernel(
     d_eta, d_gradient_u = tl.zeros([BC], tl.float32), tl.zeros([BC], tl.float32)
     d_b_last, d_gamma_last, d_theta_prod_last = 0.0, 0.0, 0.0
     for f0 in range(0, F, BF):
-        f_cols = f0 + tl.arange(0, BF)
-        f_ok = f_cols < F
-        W, U, SW, SU = _weight_blocks(Wp, Up, SWp, SUp, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM)
-        dW_end, dU_end, dSW_end, dSU_end = _weight_blocks(dW_endp, dU_endp, dSW_endp, dSU_endp, D, F, d_cols, d_ok,
-                                                          f_cols, f_ok, MOMENTUM)
-        rho_u = tl.load(rho_up + f_cols, mask=f_ok, other=0.0)
-        (_, slope, T, DH, eta_DH, QW, QSW, bracket, _, _, X_u), (Y1, dH_q, d_eta_DH, dDH, dT, _, dX_u, X_dW, X_dSW) = (
-            _block_backward(Q, K, X_w, DZ, eta_DZ, W, U, SW, SU, dW_end, dU_end, dSW_end, dSU_end, scores_w, rho_u,
-                            A_rho, Y2, R2, eta, b, gamma, gradient_w, gradient_u, read_w, mix_last, theta_mix_last,
-                            simplex_scale, NATURAL, MOMENTUM, PRECISION))
+        (W, U, SW, SU), (dW_end, dU_end, dSW_end, dSU_end), (_, _, rho_u), forward, backward = _block_backward(
+            f0, Wp, Up, SWp, SUp, dW_endp, dU_endp, dSW_endp, dSU_endp, rho_up, D, F, d_cols, d_ok, Q, K, X_w, DZ,
+            eta_DZ, scores_w, A_rho, Y2, R2, eta, b, gamma, gradient_w, gradient_u, read_w, mix_last, theta_mix_last,
+            simplex_scale, BF, NATURAL, MOMENTUM, PRECISION)
+        _, slope, T, DH, eta_DH, QW, QSW, bracket, _, _, X_u = forward
+        Y1, dH_q, d_eta_DH, dDH, dT, _, dX_u, X_dW, X_dSW = backward
         d_read_w += tl.sum(dH_q * bracket, 1)
         raw_R1 += dot(Y1, tl.trans(eta_DH), tl.float32, PRECISION)
         dQ += b[:, None] * dot(Y1, tl.trans(W), tl.float32, PRECISION)
@@ -535,16 +552,12 @@ def _backward_kernel(
     # pass 4: each hidden block's weight gradients
     d_gradient_w = tl.zeros([BC], tl.float32)
     for f0 in range(0, F, BF):
-        f_cols = f0 + tl.arange(0, BF)
-        f_ok = f_cols < F
-        W, U, SW, SU = _weight_blocks(Wp, Up, SWp, SUp, D, F, d_cols, d_ok, f_cols, f_ok, MOMENTUM)
-        dW_end, dU_end, dSW_end, dSU_end = _weight_blocks(dW_endp, dU_endp, dSW_endp, dSU_endp, D, F, d_cols, d_ok,
-                                                          f_cols, f_ok, MOMENTUM)
-        rho_u = tl.load(rho_up + f_cols, mask=f_ok, other=0.0)
-        (KW, slope, _, _, _, _, _, _, A_q, A, _), (Y1, _, _, _, dT, dH, dX_u, _, _) = _block_backward(
-            Q, K, X_w, DZ, eta_DZ, W, U, SW, SU, dW_end, dU_end, dSW_end, dSU_end, scores_w, rho_u, A_rho, Y2, R2, eta,
-            b, gamma, gradient_w, gradient_u, read_w, mix_last, theta_mix_last, simplex_scale, NATURAL, MOMENTUM,
-            PRECISION)
+        (W, U, _, _), (dW_end, dU_end, dSW_end, dSU_end), (f_cols, f_ok, rho_u), forward, backward = _block_backward(
+            f0, Wp, Up, SWp, SUp, dW_endp, dU_endp, dSW_endp, dSU_endp, rho_up, D, F, d_cols, d_ok, Q, K, X_w, DZ,
+            eta_DZ, scores_w, A_rho, Y2, R2, eta, b, gamma, gradient_w, gradient_u, read_w, mix_last, theta_mix_last,
+            simplex_scale, BF, NATURAL, MOMENTUM, PRECISION)
+        KW, slope, _, _, _, _, _, _, A_q, A, _ = forward
+        Y1, _, _, _, dT, dH, dX_u, _, _ = backward
         if NATURAL:  # dA and dρ_U of X_U = ρ_U ⊙ (A − (A·ρ_U)/c_s), with A·ρ_U and Σ dX_U ⊙ ρ_U over every block
             centred = A - (A_rho / simplex_scale)[:, None]
             dA = rho_u[None, :] * (dX_u - (along / simplex_scale)[:, None])
