@@ -25,7 +25,7 @@ app: $(STAMP)
 	$(PY) -m miras_lite.app notebooks/ $(APP_ARGS)
 
 test: $(STAMP) browser postgres
-	$(PY) -m pytest -n 2 --dist worksteal tests
+	$(PY) -m pytest -n 2 tests
 
 venv: $(STAMP)
 
