@@ -43,7 +43,7 @@ import triton.language as tl
 
 from miras_lite.memory import LAYER_NORM_EPS
 from miras_lite.ops.boundary import _chunk_end, _Chunks
-from miras_lite.ops.minibatch import chunk_decays, chunk_groups
+from miras_lite.ops.minibatch import _grouped, chunk_groups
 from miras_lite.ops.recurrent import exact_step
 from miras_lite.retention import scaled_readout
 
@@ -718,11 +718,9 @@ def _chunk_rates(decays, gradient_scales, read_scales, spec):
     return rates, ends.float()
 
 
-def _chunk(spec, q, k, v, decays, weights, momenta, gradient_scales, read_scales, rho=None):
-    """`MLPChunk` on one chunk with its `ChunkDecays`: (o, end weights, end momenta)."""
-    rates, ends = _chunk_rates(decays, gradient_scales, read_scales, spec)
-    out = MLPChunk.apply(q, k, v, rates, decays.mix.float(), ends, *weights, *(momenta or (None, None)),
-                         *(rho or (None, None)), spec)
+def _apply(spec, q, k, v, rates, mix, ends, weights, momenta, rho=None):
+    """`MLPChunk` on one chunk: (o, end weights, end momenta or None)."""
+    out = MLPChunk.apply(q, k, v, rates, mix, ends, *weights, *(momenta or (None, None)), *(rho or (None, None)), spec)
     return out[0], tuple(out[1:3]), tuple(out[3:5]) if momenta is not None else None
 
 
@@ -750,24 +748,17 @@ def mlp_minibatch_scan(q, k, v, eta, alpha, theta, delta, spec, A0, S0, chunk_si
     S0 their momenta, all [B, H, ...]. Returns o [B, H, T, D], A_end, S_end. Raises `KernelLimit` (`limits`)."""
     if (reason := limits(q, v, spec, chunk_size)) is not None:
         raise KernelLimit(reason)
-    B, H, T, _ = q.shape
     q, k, v, weights, momenta = _start(spec, q, k, v, A0, S0)
     outputs = []
-    for start, count, length in chunk_groups(T, chunk_size):
-        def chunks(x):
-            return None if x is None else x[:, :, start:start + count * length].reshape(B, H, count, length,
-                                                                                      *x.shape[3:])
-
-        decays = chunk_decays(spec, None, chunks(k), *(_float(chunks(x)) for x in (eta, alpha, theta, delta)))
+    for group in _grouped(spec, q, k, v, *(_float(x) for x in (eta, alpha, theta, delta)), chunk_size):
+        decays = group.decays
         ones = torch.ones_like(decays.b)
         point = decays.b if spec.grad_at == "retained" else ones
         rates, ends = _chunk_rates(decays, (point, point), (ones, ones), spec)
-        per_chunk = zip(*(x.unbind(2) for x in (chunks(q), chunks(k), chunks(v), rates, decays.mix.float(), ends)))
-        for q_n, k_n, v_n, rates_n, mix_n, ends_n in per_chunk:
-            out = MLPChunk.apply(q_n, k_n, v_n, rates_n, mix_n, ends_n, *weights, *(momenta or (None, None)),
-                                 None, None, spec)
-            outputs.append(out[0])
-            weights, momenta = tuple(out[1:3]), (tuple(out[3:5]) if momenta is not None else None)
+        tensors = (group.q, group.k, group.v, rates, decays.mix.float(), ends)
+        for q_n, k_n, v_n, rates_n, mix_n, ends_n in zip(*(x.unbind(2) for x in tensors)):
+            o, weights, momenta = _apply(spec, q_n, k_n, v_n, rates_n, mix_n, ends_n, weights, momenta)
+            outputs.append(o)
     return torch.cat(outputs, dim=2), *_state(spec, weights, momenta, A0, S0)
 
 
@@ -785,7 +776,6 @@ def mlp_boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A0, S0, chunk_siz
     outputs = []
     for start, count, length in chunk_groups(q.shape[2], chunk_size):
         group = _Chunks(spec, (q, k, v, eta, alpha, theta, delta), start, count, length)
-        after = []
         for n in range(count):
             o_lag, A, S, (V0, c) = exact_step(spec, group.lag[n], A, S, scaled_readout(spec, A))
             outputs.append(o_lag.to(q.dtype).unsqueeze(2))
@@ -797,8 +787,9 @@ def mlp_boundary_scan(q, k, v, eta, alpha, theta, delta, spec, A0, S0, chunk_siz
             point = tuple(s * decays.b for s in scales) if spec.grad_at == "retained" else scales
             rho = tuple(V_j.float().mean(-1) for V_j in V0) if spec.retention == "kl" else None
             momenta = tuple(S_j.float() for S_j in S) if spec.optimizer == "momentum" else None
-            o, V_last, momenta = _chunk(spec, group.q[:, :, n], k_n, v_n, decays, tuple(V_j.float() for V_j in V0),
-                                        momenta, point, scales, rho)
+            rates, ends = _chunk_rates(decays, point, scales, spec)
+            o, V_last, momenta = _apply(spec, group.q[:, :, n], k_n, v_n, rates, decays.mix.float(), ends,
+                                        tuple(V_j.float() for V_j in V0), momenta, rho)
             outputs.append(o)
             A = tuple(A_j.to(dtype) for A_j in _chunk_end(spec, V_last))
             S = S if momenta is None else tuple(S_j.to(dtype) for S_j in momenta)
